@@ -1,0 +1,20 @@
+# `make demo`: install everything and run the tour on the built-in models.
+# `make test`: install everything and run the whole test suite.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install demo test bench
+
+install:
+	# torch first, pinned to the CPU wheel (a range would pull a multi-GB CUDA build)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[dev]"
+
+demo: install
+	$(PYTHON) -m edgebench demo
+
+test: install
+	$(PYTHON) -m pytest
+
+bench: install
+	for b in benchmarks/*.py; do $(PYTHON) $$b || exit 1; done

@@ -1,0 +1,81 @@
+"""The error family.
+
+Every failure a user can cause is an :class:`EdgebenchError` whose message says what was
+wrong and what to do about it.  Subclasses also derive from the matching builtin
+(``ValueError``, ``KeyError``, ...) so code that already catches those keeps working.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "EdgebenchError",
+    "ConfigError",
+    "ModelLoadError",
+    "InvalidInputError",
+    "BackendUnavailableError",
+    "DeviceUnavailableError",
+    "UnknownNameError",
+    "EngineClosedError",
+    "InferenceError",
+    "BenchmarkError",
+]
+
+
+class EdgebenchError(Exception):
+    """Base of every error edgebench raises on purpose.
+
+    Parameters
+    ----------
+    message
+        What was wrong.
+    hint
+        What to do about it; appended to the message.
+    """
+
+    def __init__(self, message: str, hint: str | None = None):
+        self.message = message
+        self.hint = hint
+        if hint:
+            hint = hint[:1].upper() + hint[1:]
+        super().__init__(f"{message.rstrip('. ')}. {hint}" if hint else message)
+
+    def __reduce__(self):  # keep the hint across pickling (Dask ships errors between processes)
+        return (type(self), (self.message, self.hint))
+
+
+class ConfigError(EdgebenchError, ValueError):
+    """A setting, argument or config file value is invalid."""
+
+
+class ModelLoadError(EdgebenchError, ValueError):
+    """A model file, bytes or module could not be loaded or failed validation."""
+
+
+class InvalidInputError(EdgebenchError, ValueError):
+    """Feeds given to an engine do not match the model's input signature."""
+
+
+class BackendUnavailableError(EdgebenchError, RuntimeError):
+    """A backend is not installed here, or cannot run this model."""
+
+
+class DeviceUnavailableError(BackendUnavailableError):
+    """The requested device is not present on this machine (the message says why)."""
+
+
+class UnknownNameError(EdgebenchError, KeyError):
+    """A name looked up in a registry (backend, zoo model, scenario, ...) does not exist."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0] if self.args else ""
+
+
+class EngineClosedError(EdgebenchError, RuntimeError):
+    """The engine was closed; create a new one."""
+
+
+class InferenceError(EdgebenchError, RuntimeError):
+    """The backend failed while running a request that passed validation."""
+
+
+class BenchmarkError(EdgebenchError, ValueError):
+    """A benchmark was configured in a way that cannot produce a meaningful result."""
