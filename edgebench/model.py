@@ -71,8 +71,9 @@ class Model:
 
     def __init__(
         self,
-        data: bytes,
+        data: bytes | None,
         *,
+        path: str | os.PathLike | None = None,
         name: str | None = None,
         source: str = "bytes",
         description: str = "",
@@ -80,61 +81,98 @@ class Model:
         torch_factory: Callable[[], Any] | None = None,
         proto: "onnx.ModelProto | None" = None,
     ):
-        self._data = bytes(data)
+        if data is None and path is None:
+            raise ValueError("Model needs data or a path")
+        # A model read from a self-contained file keeps only its path: the weights are held
+        # once, by the backend session, not a second and third time here.
+        self._data = bytes(data) if data is not None else None
+        self.path = Path(path) if path is not None else None
         self._proto = proto
         self.source = source
         self.description = description
         self._torch_module = torch_module
         self._torch_factory = torch_factory
-        self.name = name or self.proto.graph.name or "model"
+        self._sig: dict[str, Any] = {}
+        if proto is not None:
+            self._read_signature(proto)
+        self.name = name or self._signature("graph_name") or "model"
+
+    def _read_signature(self, proto: "onnx.ModelProto") -> None:
+        """Everything edgebench asks of a model, read once so the proto can be dropped."""
+        import numpy as np
+
+        init = {i.name for i in proto.graph.initializer}
+        counts: dict[str, int] = {}
+        for n in _iter_nodes(proto.graph):
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+        self._sig = {
+            "inputs": [_spec(v) for v in proto.graph.input if v.name not in init],
+            "outputs": [_spec(v) for v in proto.graph.output],
+            "opset": {(o.domain or "ai.onnx"): o.version for o in proto.opset_import},
+            "op_counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+            "n_params": int(sum(int(np.prod(t.dims)) for t in proto.graph.initializer)),
+            "graph_name": proto.graph.name,
+        }
+
+    def drop_proto(self) -> None:
+        """Release the parsed proto (it is parsed again from the bytes when asked for)."""
+        self._proto = None
 
     # -- identity -------------------------------------------------------------------------
     @cached_property
     def sha256(self) -> str:
-        return hashlib.sha256(self._data).hexdigest()
+        return hashlib.sha256(self.to_bytes()).hexdigest()
 
-    @property
+    @cached_property
     def size_bytes(self) -> int:
-        return len(self._data)
+        return len(self._data) if self._data is not None else os.path.getsize(self.path)
 
     def to_bytes(self) -> bytes:
         """The serialized ONNX model (what backends compile)."""
-        return self._data
+        if self._data is not None:
+            return self._data
+        try:
+            return self.path.read_bytes()
+        except OSError as e:
+            raise ModelLoadError(f"the file of model {self.name!r} ({self.path}) is no longer readable: {e}",
+                                 "keep the file in place while the model is in use, or load it again") from None
 
     @property
     def proto(self) -> "onnx.ModelProto":
         if self._proto is None:
             import onnx
 
-            self._proto = onnx.load_model_from_string(self._data)
+            proto = onnx.load_model_from_string(self.to_bytes())
+            if "inputs" not in self.__dict__:
+                self._read_signature(proto)
+            self._proto = proto
         return self._proto
 
-    # -- signature ------------------------------------------------------------------------
-    @cached_property
+    # -- signature (read once, at load time) ----------------------------------------------
+    def _signature(self, key: str) -> Any:
+        if key not in self._sig:
+            self._read_signature(self.proto)
+        return self._sig[key]
+
+    @property
     def inputs(self) -> list[TensorSpec]:
-        init = {i.name for i in self.proto.graph.initializer}
-        return [_spec(v) for v in self.proto.graph.input if v.name not in init]
+        return self._signature("inputs")
 
-    @cached_property
+    @property
     def outputs(self) -> list[TensorSpec]:
-        return [_spec(v) for v in self.proto.graph.output]
+        return self._signature("outputs")
 
-    @cached_property
+    @property
     def opset(self) -> dict[str, int]:
-        return {(o.domain or "ai.onnx"): o.version for o in self.proto.opset_import}
+        return self._signature("opset")
 
-    @cached_property
+    @property
     def op_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for n in _iter_nodes(self.proto.graph):
-            counts[n.op_type] = counts.get(n.op_type, 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+        return self._signature("op_counts")
 
-    @cached_property
+    @property
     def n_params(self) -> int:
-        import numpy as np
-
-        return int(sum(int(np.prod(t.dims)) for t in self.proto.graph.initializer))
+        return self._signature("n_params")
 
     @property
     def torch_module(self) -> Any:
@@ -149,7 +187,7 @@ class Model:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(self._data)
+        tmp.write_bytes(self.to_bytes())
         os.replace(tmp, path)
         return path
 
@@ -326,11 +364,12 @@ def _from_path(path: Path, *, name: str | None, **torch_kw: Any) -> Model:
     stem_name = name or path.stem
     if suffix in _TORCH_SUFFIXES or data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":
         return _from_torch_file(path, data, name=stem_name, **torch_kw)
-    return _from_bytes(data, name=name, source=str(path), base_dir=path.parent, default_name=path.stem)
+    return _from_bytes(data, name=name, source=str(path), base_dir=path.parent, default_name=path.stem,
+                       path=path)
 
 
 def _from_bytes(data: bytes, *, name: str | None, source: str, base_dir: Path | None = None,
-                default_name: str | None = None) -> Model:
+                default_name: str | None = None, path: Path | None = None) -> Model:
     where = source if source != "bytes" else "the bytes given"
     if not data:
         raise ModelLoadError(f"{where} is empty (0 bytes)", "re-export or re-download the model")
@@ -375,7 +414,9 @@ def _from_bytes(data: bytes, *, name: str | None, source: str, base_dir: Path | 
                 "keep the external data file(s) next to the .onnx file, with their original names",
             ) from None
         data = proto.SerializeToString()
-    return _from_proto(proto, name=name or proto.graph.name or default_name, source=source, data=data)
+        path = None  # the file alone is not the model: keep the weights-inlined bytes
+    return _from_proto(proto, name=name or proto.graph.name or default_name, source=source, data=data,
+                       path=path)
 
 
 def _looks_like_text(data: bytes) -> bool:
@@ -393,21 +434,27 @@ def _has_external_data(proto: Any) -> bool:
     return any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer)
 
 
-def _from_proto(proto: Any, *, name: str | None, source: str, data: bytes | None = None) -> Model:
-    validate(proto, where=source)
+def _from_proto(proto: Any, *, name: str | None, source: str, data: bytes | None = None,
+                path: Path | None = None) -> Model:
     if data is None:
         try:
             data = proto.SerializeToString()
         except ValueError as e:  # > 2 GB
             raise ModelLoadError(f"cannot serialize the model: {e}", "models over 2 GB are not supported yet") from None
-    return Model(data, name=name, source=source, proto=proto)
+    validate(proto, where=source, data=data)
+    model = Model(None if path is not None else data, path=path, name=name, source=source, proto=proto)
+    model.sha256  # noqa: B018 - hash now, while the bytes are at hand
+    model.drop_proto()
+    return model
 
 
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
-def validate(proto: Any, *, where: str = "model") -> None:
-    """Check a ``ModelProto``: opsets, onnx.checker, shape inference, and operator support.
+def validate(proto: Any, *, where: str = "model", data: bytes | None = None) -> None:
+    """Check a ``ModelProto``: opsets, onnx.checker, strict shape inference, operator support.
+
+    ``data``, the proto serialized, saves the checker a copy.
 
     Raises :class:`ModelLoadError` naming the problem.
     """
@@ -421,31 +468,30 @@ def validate(proto: Any, *, where: str = "model") -> None:
                 f"(onnx {onnx.__version__} knows up to opset {max_opset})",
                 "upgrade onnx and onnxruntime, or re-export with a lower opset_version",
             )
+    _check_operators(proto, where)
     try:
-        onnx.checker.check_model(proto)
+        # full_check: strict type and shape inference too, in C++, on the bytes we already have
+        onnx.checker.check_model(data if data is not None else proto, full_check=True)
     except onnx.checker.ValidationError as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
         raise ModelLoadError(f"{where} is not a valid ONNX graph: {msg}", "fix or re-export the model") from None
-    except ValueError as e:  # e.g. > 2GB protos
-        raise ModelLoadError(f"{where} could not be checked: {e}") from None
-    _check_operators(proto, where)
-    try:
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except onnx.shape_inference.InferenceError as e:
         msg = str(e).strip().splitlines()[0]
         raise ModelLoadError(
             f"{where} fails ONNX shape/type inference: {msg}",
             "the graph connects tensors of incompatible types or shapes; fix or re-export it",
         ) from None
+    except ValueError as e:  # e.g. > 2GB protos
+        raise ModelLoadError(f"{where} could not be checked: {e}") from None
 
 
-_KNOWN_OPS: set[tuple[str, str]] | None = None
+_BACKEND_OPS: set[tuple[str, str]] | None = None
 
 
-def _known_ops() -> set[tuple[str, str]]:
-    """(domain, op_type) pairs that some installed backend can execute."""
-    global _KNOWN_OPS
-    if _KNOWN_OPS is None:
+def _backend_ops() -> set[tuple[str, str]]:
+    """(domain, op_type) pairs onnxruntime has kernels for (listing them costs ~6 MB, so lazily)."""
+    global _BACKEND_OPS
+    if _BACKEND_OPS is None:
         known: set[tuple[str, str]] = set()
         try:
             from onnxruntime.capi import _pybind_state as C
@@ -454,27 +500,28 @@ def _known_ops() -> set[tuple[str, str]]:
                 known.add((k.domain if k.domain != "ai.onnx" else "", k.op_name))
         except (ImportError, AttributeError):  # pragma: no cover - onnxruntime is a core dependency
             pass
-        # onnxruntime folds Constant nodes into initializers at load time, so it has no kernel
-        known.add(("", "Constant"))
-        _KNOWN_OPS = known
-    return _KNOWN_OPS
+        _BACKEND_OPS = known
+    return _BACKEND_OPS
 
 
 def _check_operators(proto: Any, where: str) -> None:
+    """Refuse, by name, an operator that no installed backend can run.
+
+    Standard ONNX operators are checked against onnx's schemas (onnxruntime implements the
+    standard set up to its opset; a gap surfaces as a compile error naming the node); any
+    other domain against onnxruntime's kernel registry and the model's local functions.
+    """
     import onnx
 
     local = {(f.domain, f.name) for f in proto.functions}
-    known = _known_ops()
     for node in _iter_nodes(proto.graph):
         dom = "" if node.domain in ("", "ai.onnx") else node.domain
-        key = (dom, node.op_type)
-        if key in known or key in local:
+        if (dom, node.op_type) in local:
             continue
-        # ONNX ops defined as functions are expanded by the runtime
-        if onnx.defs.has(node.op_type, dom):
-            schema = onnx.defs.get_schema(node.op_type, domain=dom)
-            if schema.has_function or schema.has_context_dependent_function or not known:
-                continue
+        if dom == "" and onnx.defs.has(node.op_type, ""):
+            continue
+        if dom != "" and (dom, node.op_type) in _backend_ops():
+            continue
         label = f"{dom}::{node.op_type}" if dom else node.op_type
         raise ModelLoadError(
             f"{where} uses operator {label!s} (node {node.name or '?'!r}) that no installed backend supports",

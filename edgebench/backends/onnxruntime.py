@@ -157,7 +157,8 @@ class OrtSession:
     def _create(self, so: Any) -> Any:
         ort = _ort()
         try:
-            return ort.InferenceSession(self.model.to_bytes(), so, providers=self._providers,
+            src = str(self.model.path) if self.model.path is not None else self.model.to_bytes()
+            return ort.InferenceSession(src, so, providers=self._providers,
                                         provider_options=self._provider_options)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
