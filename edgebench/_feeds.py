@@ -31,8 +31,6 @@ class FeedValidator:
              tuple((i, d) for i, d in enumerate(s.shape) if isinstance(d, int)), s)
             for s in specs
         ]
-        # batch dim: dim 0 of the first input when it is dynamic
-        self._batch_axis = 0 if specs and specs[0].shape and not isinstance(specs[0].shape[0], int) else None
 
     def __call__(self, feeds: Any) -> dict[str, np.ndarray]:
         if type(feeds) is not dict:
@@ -59,11 +57,6 @@ class FeedValidator:
                 a = np.ascontiguousarray(a)
             out[name] = a
         return out
-
-    def batch_size(self, feeds: Mapping[str, np.ndarray]) -> int:
-        if self._batch_axis is None:
-            return 1
-        return int(feeds[self.names[0]].shape[0])
 
     # -- slow paths ---------------------------------------------------------------------------
     def _as_dict(self, feeds: Any) -> dict:

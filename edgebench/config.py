@@ -36,12 +36,14 @@ class Settings:
         Default backend name for :class:`edgebench.Engine`.
     record_capacity
         Size of each engine's ring buffer of request timing records (a power of two).
+        16384 records hold about 6 MB and stay cache-friendly; readers (benchmarks,
+        dashboards) harvest them incrementally, so a larger ring is rarely needed.
     """
 
     cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
     threads: int | None = None
     backend: str = "onnxruntime"
-    record_capacity: int = 65536
+    record_capacity: int = 16384
 
     def __post_init__(self) -> None:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -49,7 +51,7 @@ class Settings:
         cap = self.record_capacity
         if not isinstance(cap, int) or cap < 16 or cap & (cap - 1):
             raise ConfigError(
-                f"record_capacity must be a power of two >= 16, got {cap!r}", "try 65536"
+                f"record_capacity must be a power of two >= 16, got {cap!r}", "try 16384"
             )
 
 

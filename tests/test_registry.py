@@ -102,7 +102,7 @@ def test_defaults(clean_env):
     s = settings()
     assert s == Settings()
     assert s.cache_dir == os.path.join(str(clean_env / "xdg-cache"), "edgebench")
-    assert s.threads is None and s.backend == "onnxruntime" and s.record_capacity == 65536
+    assert s.threads is None and s.backend == "onnxruntime" and s.record_capacity == 16384
 
 
 def test_home_config_file_is_read(clean_env):
