@@ -48,3 +48,35 @@ def test_unknown_attribute():
 
     with pytest.raises(AttributeError):
         eb.does_not_exist  # noqa: B018
+
+
+def test_onnx_only_use_works_without_torch(tmp_path):
+    """With torch impossible to import, ONNX models still load, run and benchmark."""
+    import onnx
+
+    from ._models import mlp_proto
+
+    path = tmp_path / "m.onnx"
+    onnx.save(mlp_proto(), path)
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, Block())
+import numpy as np, edgebench as eb
+m = eb.load({str(path)!r})
+eng = eb.Engine(m, threads=1)
+assert eng.run(np.zeros((2, 16), np.float32))["y"].shape == (2, 4)
+rep = eb.benchmark(eng, "single_stream", duration_s=0.3, warmup_s=0.05, min_queries=10)
+assert rep.n_queries > 10
+torch_row = [b for b in eb.backends() if b.name == "torch"][0]
+assert not torch_row.available and torch_row.reason
+assert [d for d in eb.devices() if d.name == "cpu"][0].available
+assert "torch" not in sys.modules
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
