@@ -25,7 +25,7 @@ _LAZY = {
     "BenchmarkReport": ".profile.report",
     "settings": ".config",
 }
-_SUBMODULES = {"errors", "zoo", "config", "model", "engine", "devices", "backends", "profile", "cli"}
+_SUBMODULES = {"errors", "zoo", "config", "model", "engine", "devices", "backends", "profile", "cli", "notebook"}
 
 __all__ = sorted([*_LAZY, "errors", "zoo", "profile", "devices", "backends", "__version__"])
 

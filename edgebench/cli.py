@@ -348,6 +348,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# commands defined beside what they drive (their modules import nothing heavy at the top)
+@COMMANDS.register("dashboard")
+def _add_dashboard(sub: Any) -> None:
+    from .notebook.dashboard.server import add_dashboard_command
+
+    add_dashboard_command(sub)
+
+
 # --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
