@@ -9,6 +9,10 @@ install:
 	# torch first, pinned to the CPU wheel (a range would pull a multi-GB CUDA build)
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e ".[dev]"
+	# editable installs skip data files: enable the Jupyter extension that serves BokehJS locally
+	$(PYTHON) -m edgebench.notebook.server_ext
+	# Debian's Chromium and python playwright, for the real-browser tests
+	PYTHON=$(PYTHON) bash scripts/install-browser.sh
 
 demo: install
 	$(PYTHON) -m edgebench demo

@@ -191,6 +191,11 @@ class Engine:
         return (f"Engine({self.model.name!r}, backend={self.backend!r}, device={self.device!r}, "
                 f"threads={threads}, {state})")
 
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
+        from .notebook.display import mimebundle  # the widget; text and HTML without ipywidgets
+
+        return mimebundle(self, include, exclude)
+
     def _repr_html_(self) -> str:
         from html import escape
 

@@ -201,6 +201,11 @@ class Model:
             f"{_human_bytes(self.size_bytes)}, sha256={self.sha256[:12]})"
         )
 
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
+        from .notebook.display import mimebundle  # the widget; text and HTML without ipywidgets
+
+        return mimebundle(self, include, exclude)
+
     def _repr_html_(self) -> str:
         from html import escape
 

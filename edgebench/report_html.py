@@ -174,67 +174,17 @@ def _system_html(info: Mapping[str, Any] | None) -> str:
 # --------------------------------------------------------------------------------------------
 def _plots(runs: list[_Run]) -> dict[str, Any]:
     from bokeh.layouts import gridplot
-    from bokeh.models import ColumnDataSource, FactorRange, HoverTool
-    from bokeh.palettes import Category10_10
-    from bokeh.plotting import figure
-    from bokeh.transform import factor_cmap
 
-    labels = [r.label for r in runs]
-    factors = [(lab, stat) for lab in labels for stat in ("p50", "p99")]
-    values = [v for r in runs for v in (r.p50_ms, r.p99_ms)]
-    finite = [v for v in values if math.isfinite(v) and v > 0]
-    # a log axis when runs differ by orders of magnitude (an MLP next to a BERT)
-    log_bars = bool(finite) and max(finite) > 20 * min(finite)
-    floor = 10 ** np.floor(np.log10(min(finite) / 2)) if log_bars else 0.0
-    bars = figure(x_range=FactorRange(*factors), height=340, sizing_mode="stretch_width",
-                  title="Latency percentiles per run (ms)" + (", log scale" if log_bars else ""),
-                  y_axis_label="ms", y_axis_type="log" if log_bars else "linear", name="bars",
-                  toolbar_location="right", tools="save,reset")
-    src = ColumnDataSource({"x": factors, "ms": values, "text": [_fmt(v) for v in values]})
-    bars.vbar(x="x", top="ms", bottom=floor, width=0.85, source=src, line_color="white",
-              fill_color=factor_cmap("x", palette=["#1f77b4", "#d62728"], factors=["p50", "p99"],
-                                     start=1, end=2))
-    bars.text(x="x", y="ms", text="text", source=src, text_align="center", text_baseline="bottom",
-              text_font_size="9pt", y_offset=-2)
-    bars.add_tools(HoverTool(tooltips=[("run", "@x"), ("latency", "@ms{0.000} ms")]))
-    bars.xaxis.major_label_orientation = 0.9
-    if not log_bars:
-        bars.y_range.start = 0
-    bars.y_range.range_padding = 0.15
+    from .notebook.plots import PALETTE, latency_histogram, latency_timeline, percentile_bars
 
-    hists = []
-    for i, r in enumerate(runs):
-        h = figure(height=230, width=360, title=r.label, x_axis_label="latency (ms)",
-                   y_axis_label="queries", tools="save,reset,box_zoom,wheel_zoom,pan")
-        if len(r.latency_ms):
-            hi = np.percentile(r.latency_ms, 99.9)
-            counts, edges = np.histogram(np.clip(r.latency_ms, None, hi), bins=50)
-            h.quad(top=counts, bottom=0, left=edges[:-1], right=edges[1:],
-                   fill_color=Category10_10[i % 10], line_color="white", alpha=0.85)
-            h.add_tools(HoverTool(tooltips=[("from", "@left{0.000} ms"), ("to", "@right{0.000} ms"),
-                                            ("queries", "@top")]))
-        hists.append(h)
+    bars = percentile_bars([r.label for r in runs], [r.p50_ms for r in runs], [r.p99_ms for r in runs])
+    bars.name = "bars"
+    hists = [latency_histogram(r.latency_ms, title=r.label, color=PALETTE[i % len(PALETTE)])
+             for i, r in enumerate(runs)]
     hist_grid = gridplot(hists, ncols=3, toolbar_location=None)
     hist_grid.name = "hists"
-
-    positive = [p for p in (r.latency_ms[r.latency_ms > 0] for r in runs) if len(p)]
-    log = bool(positive) and (max(float(p.max()) for p in positive)
-                              > 20 * min(float(p.min()) for p in positive))
-    timeline = figure(height=340, sizing_mode="stretch_width", title="Latency over time",
-                      x_axis_label="seconds into the run", y_axis_label="latency (ms)",
-                      y_axis_type="log" if log else "linear", name="timeline",
-                      tools="save,reset,box_zoom,wheel_zoom,pan")
-    for i, r in enumerate(runs):
-        if not len(r.latency_ms):
-            continue
-        step = max(1, len(r.latency_ms) // _MAX_POINTS)
-        t, lat = r.t_s[::step], r.latency_ms[::step]
-        if log:
-            t, lat = t[lat > 0], lat[lat > 0]
-        timeline.scatter(t, lat, size=3, alpha=0.6, color=Category10_10[i % 10], legend_label=r.label)
-    if timeline.legend:
-        timeline.legend.click_policy = "hide"
-        timeline.legend.location = "top_right"
+    timeline = latency_timeline([(r.label, r.t_s, r.latency_ms) for r in runs], max_points=_MAX_POINTS)
+    timeline.name = "timeline"
     return {"bars": bars, "hists": hist_grid, "timeline": timeline}
 
 

@@ -218,6 +218,11 @@ class ProfileSession:
             state = f"{n} requests, {len(self.events)} trace events" + (", active" if self.active else "")
         return f"<ProfileSession {self.engine.model.name}: {state}>"
 
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
+        from ..notebook.display import mimebundle  # the widget; text and HTML without ipywidgets
+
+        return mimebundle(self, include, exclude)
+
     def _repr_html_(self) -> str:
         s = self.summary()
         head = (f"<b>Profile</b> <code>{escape(self.engine.model.name)}</code> &middot; "

@@ -326,6 +326,11 @@ class BenchmarkReport:
     def __repr__(self) -> str:
         return f"<BenchmarkReport {self.scenario} {self.model}: {self._headline()}>"
 
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
+        from ..notebook.display import mimebundle  # the widget; text and HTML without ipywidgets
+
+        return mimebundle(self, include, exclude)
+
     def _repr_html_(self) -> str:
         ok = self.valid
         colour = "#1a7f37" if ok else "#cf222e"
