@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
 
-__all__ = ["RecordBuffer", "FIELDS", "OK", "ERROR", "REJECTED", "TIMEOUT", "CANCELLED", "STATUS_NAMES"]
+__all__ = ["RecordBuffer", "records_to_pandas", "FIELDS", "OK", "ERROR", "REJECTED", "TIMEOUT", "CANCELLED", "STATUS_NAMES"]
 
 FIELDS = ("seq", "arrival", "formed", "start", "end", "done", "batch", "status")
 OK, ERROR, REJECTED, TIMEOUT, CANCELLED = 0, 1, 2, 3, 4
@@ -106,29 +106,33 @@ class RecordBuffer:
         return arr
 
     def to_pandas(self, since: int = 0) -> "pd.DataFrame":
-        """Records as a DataFrame with durations in milliseconds.
-
-        Columns: ``seq, arrival, queue_ms, compute_ms, post_ms, latency_ms, batch, status``,
-        where ``arrival`` is a wall-clock timestamp.
-        """
-        import pandas as pd
-
-        a = self.snapshot(since)
-        seq, arrival, formed, start, end, done, batch, status = (a[:, i] for i in range(len(FIELDS)))
-        return pd.DataFrame({
-            "seq": seq,
-            "arrival": pd.to_datetime(arrival + self.epoch_ns, unit="ns"),
-            "queue_ms": (start - arrival) / 1e6,
-            "compute_ms": (end - start) / 1e6,
-            "post_ms": (done - end) / 1e6,
-            "latency_ms": (done - arrival) / 1e6,
-            "batch": batch,
-            "status": pd.Categorical([STATUS_NAMES.get(int(s), str(s)) for s in status],
-                                     categories=list(STATUS_NAMES.values())),
-        })
+        """Records as a DataFrame with durations in milliseconds (see :func:`records_to_pandas`)."""
+        return records_to_pandas(self.snapshot(since), self.epoch_ns)
 
     def clear(self) -> None:
         self._ring = [None] * self.capacity
 
     def __repr__(self) -> str:
         return f"<RecordBuffer {len(self)}/{self.capacity} records, {self.total} total>"
+
+
+def records_to_pandas(a: "np.ndarray", epoch_ns: int) -> "pd.DataFrame":
+    """An ``(n, 8)`` record array as a DataFrame with durations in milliseconds.
+
+    Columns: ``seq, arrival, queue_ms, compute_ms, post_ms, latency_ms, batch, status``,
+    where ``arrival`` is a wall-clock timestamp (``epoch_ns`` converts the perf counter).
+    """
+    import pandas as pd
+
+    seq, arrival, formed, start, end, done, batch, status = (a[:, i] for i in range(len(FIELDS)))
+    return pd.DataFrame({
+        "seq": seq,
+        "arrival": pd.to_datetime(arrival + epoch_ns, unit="ns"),
+        "queue_ms": (start - arrival) / 1e6,
+        "compute_ms": (end - start) / 1e6,
+        "post_ms": (done - end) / 1e6,
+        "latency_ms": (done - arrival) / 1e6,
+        "batch": batch,
+        "status": pd.Categorical([STATUS_NAMES.get(int(s), str(s)) for s in status],
+                                 categories=list(STATUS_NAMES.values())),
+    })

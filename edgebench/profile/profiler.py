@@ -105,6 +105,7 @@ class ProfileSession:
         self.reason: str | None = None if operators else "operator profiling was off (operators=False)"
         self._since: int | None = None
         self._until: int | None = None
+        self._kept: np.ndarray | None = None
         self._profiling = False
 
     # -- context manager ------------------------------------------------------------------------
@@ -126,11 +127,17 @@ class ProfileSession:
 
     def __exit__(self, *exc: Any) -> None:
         self._until = self.engine.records.total
+        # keep the block's records: the engine's ring moves on and would overwrite them
+        self._kept = self.engine.records.snapshot(self._since)
+        self._kept = self._kept[self._kept[:, 0] < self._until]
         if self._profiling:
             self._profiling = False
             self.events = list(self.engine.session.end_profiling())
             if not _operator_events(self.events) and self.reason is None:
                 self.reason = "the backend's profiler reported no operator events (no request ran?)"
+        from ..notebook.dashboard import publish_profile  # light: no bokeh imported
+
+        publish_profile(self)
 
     @property
     def active(self) -> bool:
@@ -140,8 +147,9 @@ class ProfileSession:
     def _records(self) -> np.ndarray:
         if self._since is None:
             return np.empty((0, len(FIELDS)), np.int64)
-        a = self.engine.records.snapshot(self._since)
-        return a[a[:, 0] < self._until] if self._until is not None else a
+        if self._kept is not None:
+            return self._kept
+        return self.engine.records.snapshot(self._since)
 
     def operators(self) -> "pd.DataFrame":
         """Per operator (node): ``op, type, calls, total_ms, mean_ms, share`` (of all operator
@@ -160,11 +168,15 @@ class ProfileSession:
 
     def requests(self) -> "pd.DataFrame":
         """The engine's request records taken inside the block (see ``RecordBuffer.to_pandas``)."""
-        buf = self.engine.records
-        df = buf.to_pandas(self._since if self._since is not None else buf.total)
-        if self._until is not None:
-            df = df[df["seq"] < self._until].reset_index(drop=True)
-        return df
+        from .metrics import records_to_pandas
+
+        return records_to_pandas(self._records(), self.engine.records.epoch_ns)
+
+    def graph(self, **kwargs: Any) -> Any:
+        """The model's graph view with each operator's time as a heat colour (a widget)."""
+        from ..notebook.graph_view import GraphView
+
+        return GraphView(self.engine.model, profile=self, **kwargs)
 
     def summary(self) -> "pd.Series":
         """Latency percentiles and throughput of the requests inside the block."""
