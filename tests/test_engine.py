@@ -169,6 +169,10 @@ def test_options_graph_level_and_iobinding(model):
     b = iob.run({"x": x + 1})["y"]
     np.testing.assert_allclose(a, ref, rtol=1e-5)
     assert not np.allclose(a, b)  # each answer is its own array, not a reused buffer
+    dyn = eb.Engine(model, options={"io_binding": True})  # dynamic batch: rebinds per call
+    for n in (3, 1, 5):
+        xs = np.random.default_rng(n).standard_normal((n, 16)).astype(np.float32)
+        np.testing.assert_allclose(dyn.run({"x": xs})["y"], mlp_reference(model.proto, xs), rtol=1e-4, atol=1e-4)
     with pytest.raises(eb.errors.ConfigError, match="unknown onnxruntime options"):
         eb.Engine(model, options={"bogus": 1})
 

@@ -218,7 +218,11 @@ class OrtSession:
 
 
 class _IOBinder:
-    """IOBinding with fixed-shape outputs preallocated once; copies results out per call."""
+    """IOBinding with fixed-shape outputs preallocated once; copies results out per call.
+
+    Dynamic-shape outputs are bound to the device afresh on every call: a binding keeps the
+    shape of its first result otherwise, and the next batch size would be refused.
+    """
 
     def __init__(self, sess: Any, model: "Model"):
         import numpy as np
@@ -227,20 +231,26 @@ class _IOBinder:
         self._binding = sess.io_binding()
         self._outputs: list[tuple[str, Any]] = []
         for spec in model.outputs:
-            if spec.is_dynamic:
-                self._binding.bind_output(spec.name, "cpu")
-                self._outputs.append((spec.name, None))
-            else:
-                buf = np.empty(spec.shape, dtype=spec.dtype)
-                self._binding.bind_output(spec.name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
-                self._outputs.append((spec.name, buf))
+            buf = None if spec.is_dynamic else np.empty(spec.shape, dtype=spec.dtype)
+            self._outputs.append((spec.name, buf))
         self._dynamic = any(b is None for _, b in self._outputs)
+        self._bind_outputs()
         self._lock = threading.Lock()  # one binding: one call at a time
+
+    def _bind_outputs(self) -> None:
+        for name, buf in self._outputs:
+            if buf is None:
+                self._binding.bind_output(name, "cpu")
+            else:
+                self._binding.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
 
     def run(self, feeds: dict) -> list:
         with self._lock:
             for name, arr in feeds.items():
                 self._binding.bind_cpu_input(name, arr)
+            if self._dynamic:
+                self._binding.clear_binding_outputs()
+                self._bind_outputs()
             self._sess.run_with_iobinding(self._binding)
             if self._dynamic:
                 return self._binding.copy_outputs_to_cpu()
