@@ -24,10 +24,17 @@ _LAZY = {
     "benchmark": ".profile.scenarios",
     "BenchmarkReport": ".profile.report",
     "settings": ".config",
+    "OptimizeResult": ".optimize.result",
+    "QuantizeConfig": ".optimize.quantize",
+    "MixedPrecisionConfig": ".optimize.mixed",
+    "GraphOptConfig": ".optimize.graph",
+    "Float16Config": ".optimize.fp16",
+    "PruneConfig": ".optimize.prune",
+    "SessionConfig": ".optimize.session",
 }
-_SUBMODULES = {"errors", "zoo", "config", "model", "engine", "devices", "backends", "profile", "cli", "notebook"}
+_SUBMODULES = {"errors", "zoo", "config", "model", "engine", "devices", "backends", "profile", "cli", "notebook", "optimize"}
 
-__all__ = sorted([*_LAZY, "errors", "zoo", "profile", "devices", "backends", "__version__"])
+__all__ = sorted([*_LAZY, "errors", "zoo", "profile", "devices", "backends", "optimize", "__version__"])
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import errors, zoo
@@ -38,6 +45,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from . import profile
     from .profile.report import BenchmarkReport
     from .profile.scenarios import benchmark
+    from . import optimize
+    from .optimize.result import OptimizeResult
+    from .optimize.quantize import QuantizeConfig
+    from .optimize.mixed import MixedPrecisionConfig
+    from .optimize.graph import GraphOptConfig
+    from .optimize.fp16 import Float16Config
+    from .optimize.prune import PruneConfig
+    from .optimize.session import SessionConfig
 
 
 def __getattr__(name: str) -> Any:

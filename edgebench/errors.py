@@ -17,6 +17,8 @@ __all__ = [
     "EngineClosedError",
     "InferenceError",
     "BenchmarkError",
+    "OptimizeError",
+    "DatasetError",
 ]
 
 
@@ -79,3 +81,13 @@ class InferenceError(EdgebenchError, RuntimeError):
 
 class BenchmarkError(EdgebenchError, ValueError):
     """A benchmark was configured in a way that cannot produce a meaningful result."""
+
+
+class OptimizeError(EdgebenchError, RuntimeError):
+    """An optimization could not be set up or run (the baseline itself fails, a pass is
+    unusable here, a results store is unreadable)."""
+
+
+class DatasetError(EdgebenchError, ValueError):
+    """A dataset given to the optimizer does not fit the model: empty, wrong shapes or
+    dtypes, labels of the wrong length."""

@@ -10,6 +10,8 @@ import edgebench as eb
 PUBLIC = [
     "BenchmarkReport", "Engine", "Model", "TensorSpec", "__version__", "backends", "benchmark",
     "devices", "errors", "load", "profile", "settings", "zoo",
+    "optimize", "OptimizeResult", "QuantizeConfig", "MixedPrecisionConfig", "GraphOptConfig",
+    "Float16Config", "PruneConfig", "SessionConfig",
 ]
 HEAVY = ["torch", "onnxruntime", "onnx", "dask", "distributed", "bokeh", "ipywidgets", "pandas",
          "sklearn", "scipy", "numpy"]
