@@ -318,6 +318,11 @@ class ModelTable(DashboardComponent):
         opts = dict(width=940, height=160, index_position=None)
         opts.update(kw)
         self.root = DataTable(source=self.source, columns=columns, **opts)
+        # BokehJS 3.9's DataTable keeps drawing its first rows when the source is replaced
+        # (bokeh/bokeh#13859); make it redraw whenever the data changes
+        from bokeh.models import CustomJS
+
+        self.source.js_on_change("data", CustomJS(args=dict(t=self.root), code="t.change.emit()"))
 
     def _update(self) -> None:
         rows = self.feed.models()
