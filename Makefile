@@ -18,7 +18,7 @@ demo: install
 	$(PYTHON) -m edgebench demo
 
 test: install
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg
 
 bench: install
 	for b in benchmarks/*.py; do $(PYTHON) $$b || exit 1; done

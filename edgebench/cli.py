@@ -356,6 +356,13 @@ def _add_dashboard(sub: Any) -> None:
     add_dashboard_command(sub)
 
 
+@COMMANDS.register("lab")
+def _add_lab(sub: Any) -> None:
+    from .notebook.lab import add_lab_command
+
+    add_lab_command(sub)
+
+
 # --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
