@@ -31,10 +31,12 @@ _LAZY = {
     "Float16Config": ".optimize.fp16",
     "PruneConfig": ".optimize.prune",
     "SessionConfig": ".optimize.session",
+    "DynamicBatcher": ".batching",
+    "QueuePolicy": ".batching",
 }
-_SUBMODULES = {"errors", "zoo", "config", "model", "engine", "devices", "backends", "profile", "cli", "notebook", "optimize"}
+_SUBMODULES = {"errors", "zoo", "config", "model", "engine", "devices", "backends", "profile", "cli", "notebook", "optimize", "batching", "serve"}
 
-__all__ = sorted([*_LAZY, "errors", "zoo", "profile", "devices", "backends", "optimize", "__version__"])
+__all__ = sorted([*_LAZY, "errors", "zoo", "profile", "devices", "backends", "optimize", "serve", "__version__"])
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import errors, zoo
@@ -53,6 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .optimize.fp16 import Float16Config
     from .optimize.prune import PruneConfig
     from .optimize.session import SessionConfig
+    from .batching import DynamicBatcher, QueuePolicy
+    from . import serve
 
 
 def __getattr__(name: str) -> Any:

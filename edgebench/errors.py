@@ -19,6 +19,9 @@ __all__ = [
     "BenchmarkError",
     "OptimizeError",
     "DatasetError",
+    "QueueFullError",
+    "RequestTimeoutError",
+    "ServeError",
 ]
 
 
@@ -91,3 +94,16 @@ class OptimizeError(EdgebenchError, RuntimeError):
 class DatasetError(EdgebenchError, ValueError):
     """A dataset given to the optimizer does not fit the model: empty, wrong shapes or
     dtypes, labels of the wrong length."""
+
+
+class QueueFullError(EdgebenchError, RuntimeError):
+    """A batcher's queue (or a tenant's share of it) is full; the request was not queued.
+    Retry later, or raise ``max_queue_size``."""
+
+
+class RequestTimeoutError(EdgebenchError, TimeoutError):
+    """A request waited in a batcher's queue past its timeout and was rejected unrun."""
+
+
+class ServeError(EdgebenchError, RuntimeError):
+    """The model server could not start (the port is taken, the address is wrong) or failed."""

@@ -11,7 +11,7 @@ PUBLIC = [
     "BenchmarkReport", "Engine", "Model", "TensorSpec", "__version__", "backends", "benchmark",
     "devices", "errors", "load", "profile", "settings", "zoo",
     "optimize", "OptimizeResult", "QuantizeConfig", "MixedPrecisionConfig", "GraphOptConfig",
-    "Float16Config", "PruneConfig", "SessionConfig",
+    "Float16Config", "PruneConfig", "SessionConfig", "DynamicBatcher", "QueuePolicy", "serve",
 ]
 HEAVY = ["torch", "onnxruntime", "onnx", "dask", "distributed", "bokeh", "ipywidgets", "pandas",
          "sklearn", "scipy", "numpy"]
@@ -39,7 +39,7 @@ def test_import_is_light_and_fast():
 
 
 def test_callable_modules():
-    assert callable(eb.devices) and callable(eb.backends) and callable(eb.profile)
+    assert callable(eb.devices) and callable(eb.backends) and callable(eb.profile) and callable(eb.serve)
     rows = eb.backends()
     assert any(r.name == "onnxruntime" and r.available for r in rows)
     assert "onnxruntime" in repr(rows)
