@@ -356,6 +356,13 @@ def _add_dashboard(sub: Any) -> None:
     add_dashboard_command(sub)
 
 
+@COMMANDS.register("serve")
+def _add_serve(sub: Any) -> None:
+    from .serve.cli import add_serve_command
+
+    add_serve_command(sub)
+
+
 @COMMANDS.register("lab")
 def _add_lab(sub: Any) -> None:
     from .notebook.lab import add_lab_command
