@@ -402,10 +402,4 @@ class DynamicBatcher:
         """In Jupyter: the live batcher widget (``repr`` and the HTML card beside it)."""
         from .notebook.display import mimebundle
 
-        try:
-            from .notebook.views_serve import register
-        except ImportError:  # no ipywidgets / bokeh: the text and the HTML card
-            pass
-        else:
-            register()
         return mimebundle(self, include, exclude)

@@ -243,28 +243,8 @@ class Server:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> Any:
         from ..notebook.display import mimebundle
 
-        try:
-            from ..notebook.views_serve import register
-        except ImportError:  # no ipywidgets / bokeh: the text and the HTML card
-            pass
-        else:
-            register()  # the live ServerView of edgebench.notebook.views_serve
         return mimebundle(self, include, exclude)
 
-
-def _view(server: Server) -> Any:
-    from .view import ServerView
-
-    return ServerView(server)
-
-
-def _register_view() -> None:
-    from ..notebook.display import register_view
-
-    register_view("Server", _view)
-
-
-_register_view()
 
 
 def _listen(host: str, port: int) -> socket.socket:
