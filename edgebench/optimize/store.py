@@ -77,7 +77,7 @@ class StoredTrial:
 
     def to_trial(self) -> Any:
         """The stored :class:`~edgebench.optimize.base.Trial` (``source="store"``, no model)."""
-        from .base import Trial
+        from .trial import Trial
 
         d = dict(self.trial)
         d.setdefault("key", self.candidate)
@@ -294,8 +294,12 @@ class ResultsStore:
         on this hardware under ``context``, or ``None``."""
         sha = model if isinstance(model, str) else model.sha256
         key = candidate if isinstance(candidate, str) else candidate.key()
-        row = self.get(sha, key, self._hardware(hardware, ())[0], context)
+        row = self.get(sha, key, hardware or self.hardware(), context)
         return None if row is None else row.to_trial()
+
+    def hardware(self) -> str:
+        """This machine's hardware fingerprint (:func:`edgebench.devices.fingerprint`), cached."""
+        return self._hardware(None, ())[0]
 
     def _hardware(self, hardware: str | None, isa: Iterable[str] | None) -> tuple[str, tuple]:
         if hardware is None:

@@ -20,13 +20,16 @@ import numpy as np
 __all__ = ["encode", "GP", "expected_improvement"]
 
 
-def encode(candidates: Sequence[Any], fields: dict[str, Sequence[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def encode(candidates: Sequence[Any], fields: dict[str, Sequence[str]] | None = None,
+           share: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """0/1 features of ``candidates`` and, per column, the index of its pass group.
 
     Columns: one per config class present, one per group absent ("no precision pass"), and
     one per field value.  ``fields`` (config class name -> searched field names) gives every
     searched field a column for its value, defaults included, so ``mode=static`` is as
     distinct from ``mode=dynamic`` as the reverse; other non-default fields get columns too.
+    With ``share``, a setting of a nested config (``quantize.mode`` of a mixed-precision
+    config) shares the column of the same setting of that config on its own.
     """
     fields = fields or {}
     tokens: dict[str, int] = {}
@@ -50,7 +53,8 @@ def encode(candidates: Sequence[Any], fields: dict[str, Sequence[str]] | None = 
                      if not any(f == k or f.startswith(k + ".") for f in searched)}
             items.update({f: _resolve(cfg, f) for f in searched})
             row.append(col(name, group))
-            row += [col(f"{_owner(cfg, k)}={json.dumps(v, sort_keys=True, default=str)}", group)
+            row += [col(f"{_owner(cfg, k) if share else name + '.' + k}={json.dumps(v, sort_keys=True, default=str)}",
+                        group)
                     for k, v in items.items()]
         rows.append(row)
     X = np.zeros((len(candidates), max(1, len(tokens))))
@@ -88,11 +92,9 @@ class GP:
     ----------
     X, groups
         From :func:`encode` (all candidates; observations are rows of it).
-    fixed
-        ``(signal_var, lengthscale, additive_share, noise_var)`` to fix those (the grid then
-        only chooses how much each group matters).
 
-    The additive part weighs the groups: equally, or one group at 70% (the grid picks by
+    The kernel's signal variance, lengthscale, additive share and noise come from a grid, by
+    marginal likelihood.  The additive part weighs the groups: equally, or one group at 70% (the grid picks by
     marginal likelihood, so "only the precision pass decides whether the accuracy holds" is
     learnt from a handful of trials).
     """
@@ -100,11 +102,11 @@ class GP:
     _GRID = {"s2": (0.02, 0.08, 0.3, 1.0), "ls": (0.8, 1.5, 3.0), "alpha": (0.0, 0.6, 0.9),
              "noise": (2e-4, 2e-3)}
 
-    def __init__(self, X: np.ndarray, groups: np.ndarray, fixed: tuple | None = None):
+    def __init__(self, X: np.ndarray, groups: np.ndarray):
         self.X = X
         self.groups = groups
-        self.fixed = fixed
-        self.params: tuple | None = fixed
+        self.params: tuple | None = None
+        self.obs = np.zeros(0, dtype=int)
         self._G = [np.flatnonzero(groups == g) for g in np.unique(groups)]
         n = len(self._G)
         self._weights = [np.full(n, 1.0 / n)]
@@ -132,14 +134,19 @@ class GP:
         r = np.asarray(residuals, dtype=float)
         self.r = r
         if not len(r):
-            self.params = (*(self.fixed or (0.08, 1.5, 0.6, 2e-3)), self._weights[0])
+            self.params = (0.08, 1.5, 0.6, 2e-3, self._weights[0])
             return self
         D, Dg = self._dists(self.obs, self.obs)
-        grid = [self.fixed] if self.fixed else list(itertools.product(*self._GRID.values()))
+        grid = [(p, w) for p in itertools.product(*self._GRID.values()) for w in self._weights
+                if p[2] > 0 or w is self._weights[0]]  # weights only matter to the additive part
+        # much noise on the diagonal: only for data no point of the grid can fit
+        best = self._best(D, Dg, r, grid) or self._best(D, Dg, r, [((1.0, 1.5, 0.0, 0.1), self._weights[0])])
+        _, self.params, self._L, self._a = best
+        return self
+
+    def _best(self, D: np.ndarray, Dg: list[np.ndarray], r: np.ndarray, grid: list) -> tuple | None:
         best = None
-        for (s2, ls, alpha, noise), w in itertools.product(grid, self._weights):
-            if alpha == 0.0 and w is not self._weights[0]:
-                continue  # weights only matter to the additive part
+        for (s2, ls, alpha, noise), w in grid:
             K = self._k(D, Dg, s2, ls, alpha, w) + noise * np.eye(len(r))
             try:
                 L = np.linalg.cholesky(K)
@@ -149,9 +156,7 @@ class GP:
             ll = -0.5 * r @ a - np.log(np.diag(L)).sum()
             if best is None or ll > best[0] + 1e-9:
                 best = (ll, (s2, ls, alpha, noise, w), L, a)
-        assert best is not None  # noise on the diagonal keeps K positive definite
-        _, self.params, self._L, self._a = best
-        return self
+        return best
 
     def predict(self, idx: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean residual and standard deviation at candidate indices ``idx``."""
