@@ -363,6 +363,13 @@ def _add_serve(sub: Any) -> None:
     add_serve_command(sub)
 
 
+@COMMANDS.register("optimize")
+def _add_optimize(sub: Any) -> None:
+    from .optimize.cli import add_optimize_command
+
+    add_optimize_command(sub)
+
+
 @COMMANDS.register("lab")
 def _add_lab(sub: Any) -> None:
     from .notebook.lab import add_lab_command

@@ -88,3 +88,6 @@ register_view("Model", ModelView)
 register_view("Engine", EngineView)
 register_view("BenchmarkReport", ReportView)
 register_view("ProfileSession", ProfileView)
+
+# the views of later subsystems live in their own modules; importing them registers them
+from . import views_optimize, views_serve  # noqa: E402,F401

@@ -219,6 +219,16 @@ class OptimizeResult:
                 "<th>p50 ms</th><th>accuracy</th><th>MB</th><th>reason</th></tr>"
                 f"{rows}</table></div>")
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict:
+        """In Jupyter: the live optimizer widget (``repr`` and the HTML card beside it)."""
+        from ..notebook.display import mimebundle
+
+        try:
+            from ..notebook import views_optimize  # noqa: F401  (registers the OptimizeResult view)
+        except ImportError:  # no ipywidgets / bokeh: the text and the HTML card
+            pass
+        return mimebundle(self, include, exclude)
+
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"

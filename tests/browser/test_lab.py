@@ -31,6 +31,10 @@ EXPECT: dict[str, dict[str, int]] = {
     "01_quickstart.ipynb": {"ipywidgets": 1, "figures": 2, "graph_nodes": 5},
     # profile, GraphView, four benchmark progress bars, two reports, %%edgebench profile, dashboard
     "02_profiling_and_benchmarks.ipynb": {"ipywidgets": 1, "progress": 4, "figures": 6, "graph_nodes": 5},
+    # the live optimizer widgets (scatter with the Pareto front)
+    "03_optimize.ipynb": {"ipywidgets": 1, "figures": 2},
+    # the server and batcher views
+    "04_batching_and_serving.ipynb": {"ipywidgets": 1, "figures": 2},
 }
 
 # --- JavaScript run in the page ----------------------------------------------------------------
