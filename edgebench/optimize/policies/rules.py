@@ -75,14 +75,20 @@ def rules(space: "SearchSpace", ctx: "PassContext") -> list[tuple["Candidate", s
         out.append((q, f"{where} runs int8 dot products several times faster than fp32; static QDQ "
                        f"with per-channel weights keeps accuracy ({f['matmul_ops']} MatMul/Gemm, {f['conv_ops']} Conv)"))
         if f["kind"] == "matmul":
+            out.append((pick("QuantizeConfig", mode="dynamic", types="u8s8", per_channel=False),
+                        f"MatMul/Gemm-heavy model on {f['int8']}: dynamic quantization needs no calibration; "
+                        f"per-tensor weights let onnxruntime fuse DynamicQuantizeMatMul (measured 0.27x "
+                        f"vs 0.49x per-channel on tiny-bert)"))
             out.append((pick("QuantizeConfig", mode="dynamic", types="u8s8", per_channel=True),
-                        f"MatMul/Gemm-heavy model on {f['int8']}: dynamic quantization needs no calibration "
-                        f"and quantizes activations per request"))
+                        f"MatMul/Gemm-heavy model on {f['int8']}: per-channel weights, if per-tensor "
+                        f"loses too much accuracy"))
     elif f["kind"] == "matmul":
         q = pick("QuantizeConfig", mode="dynamic", types="u8s8", per_channel=True, reduce_range=True)
         out.append((q, f"{where}: int8 gains little without VNNI, but dynamic u8s8 with 7-bit weights "
                        f"(reduce_range, no saturation) halves the memory traffic of {f['matmul_ops']} "
                        f"MatMul/Gemm weights"))
+        out.append((pick("QuantizeConfig", mode="dynamic", types="u8s8", per_channel=False),
+                    f"{where}: dynamic u8s8 per-tensor, onnxruntime's own default, as a reference point"))
     # Conv-heavy without fast int8: no int8 guess; convolutions often get slower (the search may still try)
     if q is not None and "MixedPrecisionConfig" in space.families:
         mq = {f"quantize.{k}": v for k, v in q.configs[0].params().items()} if q.configs else {}
