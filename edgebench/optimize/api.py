@@ -68,7 +68,7 @@ def optimize(model: Any, config: PassConfig | Candidate | Iterable[PassConfig] |
         Root of the results store (default: settings' cache dir); trials are kept in
         ``<cache_dir>/optimize`` and replayed when the same search runs again.
     progress
-        Show a tqdm progress bar (a widget in notebooks).
+        Show a tqdm progress bar, and in a notebook the live optimizer widget.
     latency_s, confirm_s
         Seconds of interleaved timing per candidate, and for the final head-to-head of the
         best few against the baseline (default ``2 * latency_s``).
@@ -130,6 +130,13 @@ def _run(model: "Model", ev: Evaluator, data: Dataset, explicit: Candidate | Non
     from ..devices import cpu_info
 
     c = cpu_info()
+    if progress and _in_kernel():  # the live widget: trials, scatter and Pareto front as they come
+        try:
+            from ..notebook.views_optimize import live
+        except ImportError:  # no ipywidgets / bokeh: the tqdm bar alone
+            pass
+        else:
+            callbacks[0].insert(0, live)
     res = OptimizeResult(model, ev.gate, data.description, "explicit" if explicit else policy_name,
                          f"{c.model} ({c.physical_cores} cores; {', '.join(c.isa) or 'no ISA flags'})",
                          on_trial=callbacks[0], on_candidate=callbacks[1], budgets=budgets)
@@ -365,6 +372,14 @@ def _cache_root() -> Path:
     from ..config import settings
 
     return Path(settings().cache_dir).expanduser()
+
+
+def _in_kernel() -> bool:
+    import sys
+
+    ip = sys.modules.get("IPython")
+    shell = ip.get_ipython() if ip is not None else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def _bar(progress: bool, total: int | None, name: str) -> Any:
