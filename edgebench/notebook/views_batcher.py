@@ -22,7 +22,7 @@ import numpy as np
 
 from ..profile.metrics import ERROR, FIELDS, OK
 from .plots import PALETTE
-from .views_base import View, bokeh_pane, card, fmt_ms, fmt_rate, tiles
+from .views_base import LiveView, bokeh_pane, card, fmt_ms, fmt_rate, tiles
 
 __all__ = ["BatcherView", "LiveView", "RecordWindow", "time_figure"]
 
@@ -94,63 +94,6 @@ class RecordWindow:
     def mean_batch(self) -> float:
         n = self.batches
         return sum(k * v for k, v in self.batch_sizes.items()) / n if n else 0.0
-
-
-class LiveView(View):
-    """A view refreshed by a daemon thread every ``interval`` s until it, or its object, is done."""
-
-    interval = 0.3
-
-    def _start_updater(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=_updater, args=(weakref.ref(self), self._stop, self.interval),
-                                        name=f"edgebench-{type(self).__name__}", daemon=True)
-        self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        """Whether the background updater is running."""
-        t = getattr(self, "_thread", None)
-        return t is not None and t.is_alive()
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop the background updater and wait for it (up to ``timeout`` seconds)."""
-        stop = getattr(self, "_stop", None)
-        if stop is not None:
-            stop.set()
-        t = getattr(self, "_thread", None)
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout)
-
-    def close(self) -> None:
-        stop = getattr(self, "_stop", None)
-        if stop is not None:
-            stop.set()
-        super().close()
-
-    def _finished(self) -> bool:  # the object is closed or gone
-        raise NotImplementedError
-
-    def update(self) -> Any:
-        raise NotImplementedError
-
-
-def _updater(ref: weakref.ref[LiveView], stop: threading.Event, interval: float) -> None:
-    while not stop.wait(interval):
-        view = ref()
-        if view is None or view.comm is None:
-            return
-        try:
-            done = view._finished()
-            view.update()  # once more when done: the last requests and the final state
-            if done:
-                return
-        except Exception:  # keep going; a failed refresh must not end the thread silently
-            import logging
-
-            logging.getLogger("edgebench.notebook").exception("%s update failed", type(view).__name__)
-        finally:
-            del view
 
 
 def time_figure(title: str, height: int, x_range: Any = None, y_label: str | None = None) -> Any:

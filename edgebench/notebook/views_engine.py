@@ -17,14 +17,14 @@ import ipywidgets as W
 import numpy as np
 
 from ..profile.metrics import FIELDS, OK
-from .views_base import View, bokeh_pane, card, fmt_ms, fmt_rate, tiles
+from .views_base import LiveView, bokeh_pane, card, fmt_ms, fmt_rate, tiles
 
 __all__ = ["EngineView"]
 
 _SEQ, _ARRIVAL, _DONE, _STATUS = (FIELDS.index(f) for f in ("seq", "arrival", "done", "status"))
 
 
-class EngineView(View):
+class EngineView(LiveView):
     """Live view of an :class:`~edgebench.Engine` (what ``display(engine)`` shows).
 
     Parameters
@@ -63,8 +63,6 @@ class EngineView(View):
         self.interval, self.window_s, self.rollover = float(interval), float(window_s), int(rollover)
         self.points_per_update = int(points_per_update)
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._worker: threading.Thread | None = None
         # history: the last `rollover` requests already recorded
         self._cursor = max(0, engine.records.total - self.rollover)
@@ -108,11 +106,6 @@ class EngineView(View):
     def engine(self) -> Any:
         """The engine, or ``None`` once it is garbage collected."""
         return self._engine()
-
-    @property
-    def running(self) -> bool:
-        """Whether the background updater is running."""
-        return self._thread is not None and self._thread.is_alive()
 
     def _finished(self) -> bool:
         eng = self._engine()
@@ -176,27 +169,6 @@ class EngineView(View):
              ("p50", lab["p50"]), ("p99", lab["p99"]), ("state", lab["state"])],
             {"state": "eb-invalid" if lab["state"] == "closed" else "eb-valid"}))
 
-    # -- the updater thread -----------------------------------------------------------------
-    def start(self) -> None:
-        """Start the background updater (no-op when it runs)."""
-        if self.running:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=_updater, args=(weakref.ref(self), self._stop, self.interval),
-                                        name="edgebench-engine-view", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop the background updater and wait for it (up to ``timeout`` seconds)."""
-        self._stop.set()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout)
-
-    def close(self) -> None:
-        self._stop.set()
-        super().close()
-
     # -- buttons ----------------------------------------------------------------------------
     def _in_background(self, job: Any, label: str) -> threading.Thread:
         def target() -> None:
@@ -237,23 +209,3 @@ class EngineView(View):
             return f"ran {n} requests in {dt:.3f} s ({n / dt:,.0f}/s)"
 
         return self._in_background(job, "run")
-
-
-def _updater(ref: "weakref.ref[EngineView]", stop: threading.Event, interval: float) -> None:
-    """Update the view every ``interval`` s until it, or its engine, is closed or collected."""
-    while not stop.wait(interval):
-        view = ref()
-        if view is None:
-            return
-        try:
-            if view._finished():
-                if view.comm is not None:
-                    view.update()  # show the last requests and the "closed" state
-                return
-            view.update()
-        except Exception:  # a failed update must not kill the thread silently forever
-            import logging
-
-            logging.getLogger("edgebench.notebook").exception("engine view update failed")
-        finally:
-            del view

@@ -21,7 +21,7 @@ from typing import Any
 import ipywidgets as W
 
 from .display import register_view, widget
-from .views_base import View, bokeh_pane, card, fmt_ms, tiles
+from .views_base import LiveView, bokeh_pane, card, fmt_ms, tiles
 
 __all__ = ["OptimizeView", "live", "COLUMNS"]
 
@@ -49,7 +49,7 @@ def _pct(v: Any, kind: str) -> str:
     return f"{v:.4f}" if kind == "cosine" else f"{100 * v:.2f}%"
 
 
-class OptimizeView(View):
+class OptimizeView(LiveView):
     """Live view of an :class:`~edgebench.optimize.result.OptimizeResult`.
 
     Parameters
@@ -82,8 +82,6 @@ class OptimizeView(View):
         self.result = result
         self.interval = float(interval)
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._n = 0
         self._flags: list[tuple[bool, bool]] = []
         self._state: tuple | None = None
@@ -149,10 +147,8 @@ class OptimizeView(View):
                 f"<div class='eb-sub'>data: {escape(res.data_description)}</div>{gate}")
 
     # -- state ------------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        """Whether the background thread is watching the search."""
-        return self._thread is not None and self._thread.is_alive()
+    def _finished(self) -> bool:  # one last update once the search is over
+        return not self.result.running
 
     def update(self) -> int:
         """Stream the trials added since the last update, refresh the Pareto flags, the
@@ -305,27 +301,6 @@ class OptimizeView(View):
                 "<div class='eb-sub'>&#9670; Pareto front (latency, accuracy, size) &middot; &#9733; winner "
                 "&middot; all columns: <code>result.trials</code></div>")
 
-    # -- the watcher thread -----------------------------------------------------------------
-    def start(self) -> None:
-        """Watch the search in a daemon thread until it ends (no-op when already watching)."""
-        if self.running:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=_watch, args=(weakref.ref(self), self._stop, self.interval),
-                                        name="edgebench-optimize-view", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop the watcher thread and wait for it (up to ``timeout`` seconds)."""
-        self._stop.set()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout)
-
-    def close(self) -> None:
-        self._stop.set()
-        super().close()
-
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         with self._lock:
             self.update()
@@ -345,26 +320,6 @@ class _Follow:
         view = self._ref()
         if view is not None and view.comm is not None:
             view.update()
-
-
-def _watch(ref: "weakref.ref[OptimizeView]", stop: threading.Event, interval: float) -> None:
-    """Update the view every ``interval`` s; a last update once the search is over."""
-    while not stop.wait(interval):
-        view = ref()
-        if view is None:
-            return
-        try:
-            if view.comm is None:
-                return
-            view.update()
-            if not view.result.running:
-                return
-        except Exception:  # a failed update must not kill the watcher silently forever
-            import logging
-
-            logging.getLogger("edgebench.notebook").exception("optimize view update failed")
-        finally:
-            del view
 
 
 def live(result: Any, _arg: Any = None) -> None:
