@@ -51,7 +51,8 @@ def test_live_view_follows_a_real_search(tiny, tmp_path):
             assert "fp32 baseline" not in serialize_json(v.plot.render_bundle)
             assert display.WIDGET_MIME in res._repr_mimebundle_()
             snap = serialize_json(v.plot.render_bundle)
-            assert "fp32 baseline" in snap and trial.describe() in snap and v._resync_left == 2
+            # (the watcher thread may already have spent one of the two re-sends)
+            assert "fp32 baseline" in snap and trial.describe() in snap and v._resync_left in (1, 2)
 
     def on_cand(res, cand):
         v = display.widget(res)
