@@ -365,7 +365,13 @@ def _context(model: "Model", ev: Evaluator, data: Dataset) -> str:
     return context_key(batch_size=ev.batch_size, threads=ev.threads, device=ev.device, metric=metric,
                        max_accuracy_drop=ev.max_accuracy_drop, min_cosine=ev.min_cosine,
                        size_budget_mb=ev.size_budget_mb, latency_budget_ms=ev.latency_budget_ms,
-                       data=h.hexdigest()[:16], edgebench=__version__, onnxruntime=onnxruntime.__version__)
+                       data=h.hexdigest()[:16], edgebench=__version__, onnxruntime=onnxruntime.__version__,
+                       passes=PASSES_REVISION)
+
+
+# Bump when a pass's output changes for the same config, so stored trials are not replayed
+# for a model the pass no longer produces (2: dynamic quantization skips ORT pre-processing).
+PASSES_REVISION = 2
 
 
 def _cache_root() -> Path:
