@@ -236,13 +236,18 @@ def load_model_arg(spec: str) -> Any:
     return load(spec)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def check_bench_args(args: argparse.Namespace) -> None:
+    """Refuse a server scenario without its rate or bound, before any model is built."""
     from .errors import BenchmarkError
 
     if args.scenario == "server" and args.qps is None:
         raise BenchmarkError("the server scenario needs a target rate", "pass --qps N")
     if args.scenario == "server" and args.latency_bound_ms is None:
         raise BenchmarkError("the server scenario needs a bound on p99 latency", "pass --latency-bound-ms MS")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    check_bench_args(args)
     import edgebench as eb
 
     model = load_model_arg(args.model)

@@ -124,13 +124,9 @@ class EdgebenchMagics(Magics):
 
         import edgebench as eb
 
-        from ..cli import load_model_arg
-        from ..errors import BenchmarkError
+        from ..cli import check_bench_args, load_model_arg
 
-        if args.scenario == "server" and args.qps is None:
-            raise BenchmarkError("the server scenario needs a target rate", "pass --qps N")
-        if args.scenario == "server" and args.latency_bound_ms is None:
-            raise BenchmarkError("the server scenario needs a bound on p99 latency", "pass --latency-bound-ms MS")
+        check_bench_args(args)
         model = load_model_arg(args.model)
         with eb.Engine(model, backend=args.backend, device=args.device, threads=args.threads) as engine:
             if not args.json:
