@@ -38,7 +38,12 @@ def _wait_done(view, timeout=5.0):
     return not view.running
 
 
-def test_live_view_follows_a_real_search(tiny, tmp_path):
+def test_live_view_follows_a_real_search(tiny, tmp_path, monkeypatch):
+    # not in a notebook, whatever IPython instance earlier tests left in this process:
+    # live() then builds the view without displaying it, as outside Jupyter
+    import IPython
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)
     seen, started = [], []
 
     def probe(res, trial):  # registered after `live`: the view has already taken the trial in
