@@ -33,10 +33,11 @@ _LAZY = {
     "SessionConfig": ".optimize.session",
     "DynamicBatcher": ".batching",
     "QueuePolicy": ".batching",
+    "Graph": ".graph",
 }
-_SUBMODULES = {"errors", "zoo", "config", "model", "engine", "devices", "backends", "profile", "cli", "notebook", "optimize", "batching", "serve"}
+_SUBMODULES = {"errors", "zoo", "config", "model", "engine", "devices", "backends", "profile", "cli", "notebook", "optimize", "batching", "serve", "graph"}
 
-__all__ = sorted([*_LAZY, "errors", "zoo", "profile", "devices", "backends", "optimize", "serve", "__version__"])
+__all__ = sorted([*_LAZY, "errors", "zoo", "profile", "devices", "backends", "optimize", "serve", "graph", "__version__"])
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import errors, zoo
@@ -57,6 +58,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .optimize.session import SessionConfig
     from .batching import DynamicBatcher, QueuePolicy
     from . import serve
+    from . import graph
+    from .graph import Graph
 
 
 def __getattr__(name: str) -> Any:

@@ -22,6 +22,7 @@ __all__ = [
     "QueueFullError",
     "RequestTimeoutError",
     "ServeError",
+    "GraphError",
 ]
 
 
@@ -107,3 +108,9 @@ class RequestTimeoutError(EdgebenchError, TimeoutError):
 
 class ServeError(EdgebenchError, RuntimeError):
     """The model server could not start (the port is taken, the address is wrong) or failed."""
+
+
+class GraphError(EdgebenchError, ValueError):
+    """A model graph is invalid (a cycle, a tensor produced twice or by nobody, a missing
+    graph input, a dtype or shape mismatch between a producer and a consumer) or one of its
+    nodes failed; the message names the node."""
