@@ -12,12 +12,16 @@ from .api import Graph, Node
 from .compiler import compile_graph, validate
 from .executor import CompiledGraph
 
-__all__ = ["CompiledGraph", "Graph", "Node", "compile_graph", "random_dag", "validate"]
+_LAZY = {"random_dag": ".dags", "StreamGraph": ".stream", "Stream": ".stream", "FrameSource": ".stream_nodes",
+         "QueueSource": ".stream_nodes", "Window": ".stream_nodes", "RetryPolicy": ".stream_nodes",
+         "StreamError": ".stream_nodes", "Event": ".stream_nodes"}
+
+__all__ = sorted(["CompiledGraph", "Graph", "Node", "compile_graph", "validate", *_LAZY])
 
 
 def __getattr__(name: str):
-    if name == "random_dag":
-        from .dags import random_dag
+    if name in _LAZY:
+        from importlib import import_module
 
-        return random_dag
+        return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'edgebench.graph' has no attribute {name!r}")
