@@ -10,13 +10,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from time import perf_counter_ns
 from typing import Any
 
 from ..errors import EdgebenchError, GraphError
 from .api import Node
 
 __all__ = ["CompiledGraph", "Step", "run_node"]
+
+_TIMING_LOCK = threading.Lock()
 
 
 def run_node(node: Node, values: Mapping[str, Any], engine: Any) -> dict[str, Any]:
@@ -55,6 +58,8 @@ class Step:
     backend: str | None
     device: str
     engine: Any = None
+    #: ``{"total_ns": int, "count": int}``: time spent in this step, summed over its runs
+    timing: dict[str, int] = field(default_factory=lambda: {"total_ns": 0, "count": 0}, repr=False)
 
     @classmethod
     def build(cls, node: Node, backend: str | None, device: str, threads: int | None) -> Step:
@@ -70,7 +75,14 @@ class Step:
         return cls(node, engine.backend if engine else "python", device if engine else "python", engine)
 
     def __call__(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        return run_node(self.node, values, self.engine)
+        t0 = perf_counter_ns()
+        try:
+            return run_node(self.node, values, self.engine)
+        finally:
+            dt = perf_counter_ns() - t0
+            with _TIMING_LOCK:
+                self.timing["total_ns"] += dt
+                self.timing["count"] += 1
 
 
 class CompiledGraph:
@@ -219,6 +231,10 @@ class CompiledGraph:
         for note in self.plan["notes"]:
             lines.append("  note: " + note)
         return "\n".join(lines)
+
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
+        from edgebench.notebook.display import mimebundle
+        return mimebundle(self, include, exclude)
 
     def __repr__(self) -> str:
         return (f"CompiledGraph({self.name!r}, {len(self.steps)} steps, "

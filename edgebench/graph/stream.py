@@ -341,6 +341,10 @@ class StreamGraph:
         import pandas as pd
         return pd.DataFrame([e.__dict__ for e in self.log], columns=["time", "stage", "kind", "detail"])
 
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
+        from edgebench.notebook.display import mimebundle
+        return mimebundle(self, include, exclude)
+
     def __repr__(self) -> str:
         chain = " -> ".join(["source"] + [s.name for s in self.stages])
         state = "running" if self.running else ("failed" if self._error else "idle")

@@ -35,6 +35,8 @@ EXPECT: dict[str, dict[str, int]] = {
     "03_optimize.ipynb": {"ipywidgets": 1, "figures": 2},
     # the server and batcher views
     "04_batching_and_serving.ipynb": {"ipywidgets": 1, "figures": 2},
+    # the compiled graph (anywidget) and the stream's live view
+    "05_graphs.ipynb": {"ipywidgets": 1, "graph_nodes": 5},
 }
 
 # --- JavaScript run in the page ----------------------------------------------------------------
