@@ -353,33 +353,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# commands defined beside what they drive (their modules import nothing heavy at the top)
-@COMMANDS.register("dashboard")
-def _add_dashboard(sub: Any) -> None:
-    from .notebook.dashboard.server import add_dashboard_command
-
-    add_dashboard_command(sub)
-
-
-@COMMANDS.register("serve")
-def _add_serve(sub: Any) -> None:
-    from .serve.cli import add_serve_command
-
-    add_serve_command(sub)
+# commands defined beside what they drive: name -> (module, builder); imported only when
+# the parser is built (those modules import nothing heavy at the top)
+_ELSEWHERE = {
+    "dashboard": (".notebook.dashboard.server", "add_dashboard_command"),
+    "serve": (".serve.cli", "add_serve_command"),
+    "optimize": (".optimize.cli", "add_optimize_command"),
+    "lab": (".notebook.lab", "add_lab_command"),
+}
 
 
-@COMMANDS.register("optimize")
-def _add_optimize(sub: Any) -> None:
-    from .optimize.cli import add_optimize_command
+def _builder_from(module: str, func: str) -> Callable[[Any], None]:
+    def build(sub: Any) -> None:
+        from importlib import import_module
 
-    add_optimize_command(sub)
+        getattr(import_module(module, __package__), func)(sub)
+
+    return build
 
 
-@COMMANDS.register("lab")
-def _add_lab(sub: Any) -> None:
-    from .notebook.lab import add_lab_command
-
-    add_lab_command(sub)
+for _name, (_module, _func) in _ELSEWHERE.items():
+    COMMANDS.register(_name, _builder_from(_module, _func))
 
 
 # --------------------------------------------------------------------------------------------
