@@ -37,13 +37,18 @@ table.eb-table td.eb-l, table.eb-table th.eb-l { text-align: left; }
 </style>"""
 
 
-def fmt_ms(v: Any) -> str:
-    """``1.234 ms``, ``56.7 µs``, or ``–`` when unknown."""
+def _finite(v: Any) -> float | None:
     try:
         v = float(v)
     except (TypeError, ValueError):
-        return "–"
-    if not math.isfinite(v):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def fmt_ms(v: Any) -> str:
+    """``1.234 ms``, ``56.7 µs``, or ``–`` when unknown."""
+    v = _finite(v)
+    if v is None:
         return "–"
     if v < 1:
         return f"{v * 1000:.1f} µs"
@@ -51,11 +56,8 @@ def fmt_ms(v: Any) -> str:
 
 
 def fmt_rate(v: Any, unit: str = "/s") -> str:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return "–"
-    if not math.isfinite(v):
+    v = _finite(v)
+    if v is None:
         return "–"
     return f"{v:,.1f}{unit}" if v < 100 else f"{v:,.0f}{unit}"
 
