@@ -51,3 +51,24 @@ def interleaved(candidates: dict[str, Callable[[], object]], rounds: int, n: int
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
+
+
+def zoo_file(name: str) -> str:
+    """The zoo model ``name`` saved as an .onnx file (what the raw tool loads too)."""
+    import os
+    import tempfile
+
+    import edgebench as eb
+
+    path = os.path.join(tempfile.mkdtemp(), f"{name}.onnx")
+    eb.zoo.load(name).save(path)
+    return path
+
+
+def raw_session(path: str, threads: int = 1):
+    """A plain onnxruntime CPU session, the baseline every engine figure is compared with."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import banner, interleaved, verdict
+from _common import banner, interleaved, verdict, raw_session, zoo_file
 
 
 def main() -> int:
@@ -30,18 +29,14 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000, help="calls per round")
     args = ap.parse_args()
 
-    import onnxruntime as ort
 
     import edgebench as eb
 
     banner(f"DynamicBatcher at low load vs raw InferenceSession.run: zoo {args.model}, one client, batch 1, 1 thread")
-    path = os.path.join(tempfile.mkdtemp(), f"{args.model}.onnx")
-    eb.zoo.load(args.model).save(path)
+    path = zoo_file(args.model)
     feeds = eb.zoo.sample(args.model, batch_size=1)
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    raw = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    raw = raw_session(path, 1)
     eng = eb.Engine(path, threads=1)
     b = eb.DynamicBatcher(eb.Engine(path, threads=1), max_queue_delay_ms=0)
     ref = raw.run(None, feeds)[0]

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import threading
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import banner, verdict
+from _common import banner, verdict, raw_session, zoo_file
 
 
 def batcher_phase(b, images, clients: int, seconds: float) -> tuple[float, dict]:
@@ -73,18 +72,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
 
-    import onnxruntime as ort
 
     import edgebench as eb
 
     banner(f"DynamicBatcher at saturation vs raw offline InferenceSession.run: zoo {args.model}, "
            f"{args.clients} closed-loop clients, {args.threads} intra-op threads")
-    path = os.path.join(tempfile.mkdtemp(), f"{args.model}.onnx")
-    eb.zoo.load(args.model).save(path)
+    path = zoo_file(args.model)
     images = [eb.zoo.sample(args.model, batch_size=1, seed=i) for i in range(args.clients)]
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads
-    raw = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    raw = raw_session(path, args.threads)
     eng = eb.Engine(path, threads=args.threads)
     b = eb.DynamicBatcher(eng, max_batch_size=args.max_batch_size, max_queue_delay_ms=args.delay_ms)
     out = eng.session.output_names[0]

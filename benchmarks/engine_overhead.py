@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import banner, interleaved, verdict  # noqa: E402
+from _common import banner, interleaved, verdict, raw_session, zoo_file  # noqa: E402
 
 
 def main() -> int:
@@ -23,18 +22,14 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=2000, help="calls per round")
     args = ap.parse_args()
 
-    import onnxruntime as ort
 
     import edgebench as eb
 
     banner(f"Engine.run vs raw InferenceSession.run: zoo {args.model}, batch 1, 1 thread")
-    path = os.path.join(tempfile.mkdtemp(), f"{args.model}.onnx")
-    eb.zoo.load(args.model).save(path)
+    path = zoo_file(args.model)
     feeds = eb.zoo.sample(args.model, batch_size=1)
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    raw = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    raw = raw_session(path, 1)
     eng = eb.Engine(path, threads=1)
     eng_iob = eb.Engine(path, threads=1, options={"io_binding": True})
     ref = raw.run(None, feeds)[0]
