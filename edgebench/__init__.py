@@ -34,10 +34,11 @@ _LAZY = {
     "DynamicBatcher": ".batching",
     "QueuePolicy": ".batching",
     "Graph": ".graph",
+    "Cluster": ".cluster.api",
 }
-_SUBMODULES = {"errors", "zoo", "config", "model", "engine", "devices", "backends", "profile", "cli", "notebook", "optimize", "batching", "serve", "graph"}
+_SUBMODULES = {"errors", "zoo", "config", "model", "engine", "devices", "backends", "profile", "cli", "notebook", "optimize", "batching", "serve", "graph", "cluster"}
 
-__all__ = sorted([*_LAZY, "errors", "zoo", "profile", "devices", "backends", "optimize", "serve", "graph", "__version__"])
+__all__ = sorted([*_LAZY, "errors", "zoo", "profile", "devices", "backends", "optimize", "serve", "graph", "cluster", "__version__"])
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import errors, zoo
@@ -60,6 +61,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from . import serve
     from . import graph
     from .graph import Graph
+    from . import cluster
+    from .cluster.api import Cluster
 
 
 def __getattr__(name: str) -> Any:

@@ -23,6 +23,9 @@ __all__ = [
     "RequestTimeoutError",
     "ServeError",
     "GraphError",
+    "ClusterError",
+    "PlacementError",
+    "NoReplicaError",
 ]
 
 
@@ -114,3 +117,15 @@ class GraphError(EdgebenchError, ValueError):
     """A model graph is invalid (a cycle, a tensor produced twice or by nobody, a missing
     graph input, a dtype or shape mismatch between a producer and a consumer) or one of its
     nodes failed; the message names the node."""
+
+
+class ClusterError(EdgebenchError, RuntimeError):
+    """The cluster cannot do what was asked (no scheduler, a deployment gone, retries spent)."""
+
+
+class PlacementError(ClusterError):
+    """No worker can hold a replica: resources or memory it asks for are not there."""
+
+
+class NoReplicaError(ClusterError):
+    """A request found no healthy replica to run on, and none came back in time."""

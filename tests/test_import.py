@@ -11,7 +11,7 @@ PUBLIC = [
     "BenchmarkReport", "Engine", "Model", "TensorSpec", "__version__", "backends", "benchmark",
     "devices", "errors", "load", "profile", "settings", "zoo",
     "optimize", "OptimizeResult", "QuantizeConfig", "MixedPrecisionConfig", "GraphOptConfig",
-    "Float16Config", "PruneConfig", "SessionConfig", "DynamicBatcher", "QueuePolicy", "serve", "Graph", "graph",
+    "Float16Config", "PruneConfig", "SessionConfig", "DynamicBatcher", "QueuePolicy", "serve", "Graph", "graph", "Cluster", "cluster",
 ]
 HEAVY = ["torch", "onnxruntime", "onnx", "dask", "distributed", "bokeh", "ipywidgets", "pandas",
          "sklearn", "scipy", "numpy"]

@@ -1,0 +1,159 @@
+"""The client side of a replica: its request queue and the coroutines that carry requests to it.
+
+Everything here runs on the Dask client's event loop; nothing is locked.  A request enters
+with one ``call_soon_threadsafe`` from the caller's thread, waits in its replica's queue
+(ordered by priority, then arrival), and leaves in a message to the worker holding the replica
+(Dask's own comm, from the client's connection pool).  When several requests are waiting they
+share one message (up to ``max_batch``), and at most ``pipeline`` messages are in flight to a
+replica, so a busy replica is fed without a gap and an idle one costs one round trip.
+
+A request is answered exactly once: :meth:`Request.resolve` ignores a second answer.  When the
+comm to a worker breaks, every request it carried goes back to the deployment for a retry on
+another replica (inference is idempotent; the worker's answer never arrived).
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from distributed.comm.core import CommClosedError
+
+from .. import errors as _errors
+from ..errors import EdgebenchError, InferenceError
+from .wire import pack, unpack
+
+if TYPE_CHECKING:
+    from .deployment import Deployment
+
+__all__ = ["Replica", "Request", "rebuild_error"]
+
+_SEQ = itertools.count()
+#: what a broken connection to a worker looks like
+COMM_ERRORS = (CommClosedError, OSError, EOFError)
+
+
+def rebuild_error(packed: list) -> EdgebenchError:
+    """An error sent back by a worker as ``[class name, message, hint]``."""
+    name, message, hint = packed
+    cls = getattr(_errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, EdgebenchError):
+        return cls(message, hint)
+    return InferenceError(f"{name}: {message}", hint)
+
+
+class Request:
+    """One request to a deployment, answered through a ``concurrent.futures.Future``."""
+
+    __slots__ = ("feeds", "future", "priority", "seq", "attempts", "t_submit", "deadline", "tenant", "replica")
+
+    def __init__(self, feeds: dict[str, Any], priority: int, deadline: float, tenant: Any = None):
+        self.feeds = feeds
+        self.future: Future = Future()
+        self.priority = priority
+        self.seq = next(_SEQ)
+        self.attempts = 0
+        self.t_submit = time.perf_counter()
+        self.deadline = deadline
+        self.tenant = tenant
+        self.replica: Replica | None = None
+
+    def __lt__(self, other: Request) -> bool:
+        return (self.priority, self.seq) < (other.priority, other.seq)
+
+    def resolve(self, result: Any = None, error: BaseException | None = None) -> bool:
+        """Answer the request once; ``False`` if it was answered already."""
+        if self.future.done():
+            return False
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)
+        return True
+
+
+class Replica:
+    """A replica as the client sees it: where it lives, its queue and its load.
+
+    ``outstanding`` (queued here + in flight to the worker) is what routing balances.
+    """
+
+    def __init__(self, rid: str, deployment: Deployment, worker: str, *, max_batch: int = 16, pipeline: int = 2):
+        self.rid = rid
+        self.deployment = deployment
+        self.worker = worker
+        self.max_batch = max_batch
+        self.pipeline = pipeline
+        self.healthy = False  # True once loaded
+        self.draining = False
+        self.speed = 1.0
+        self.outstanding = 0
+        self.sent = 0
+        self.answered = 0
+        self.failed = 0
+        self.pid: int | None = None
+        self._queue: list[Request] = []
+        self._senders = 0
+        self.created = time.time()
+
+    # -- queueing ---------------------------------------------------------------------------
+    def push(self, req: Request) -> None:
+        req.replica = self
+        heapq.heappush(self._queue, req)
+        self.outstanding += 1
+        if self._senders < self.pipeline:
+            self._senders += 1
+            self.deployment.cluster._spawn(self._send_loop())
+
+    def take_queued(self) -> list[Request]:
+        """Remove and return every request still queued here (for rerouting)."""
+        q, self._queue = self._queue, []
+        self.outstanding -= len(q)
+        return q
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def _send_loop(self) -> None:
+        rpc = self.deployment.cluster.client.rpc
+        try:
+            while self._queue and self.healthy:
+                batch = [heapq.heappop(self._queue) for _ in range(min(self.max_batch, len(self._queue)))]
+                self.sent += len(batch)
+                try:
+                    reply = await rpc(self.worker).eb_infer(
+                        replica=self.rid, feeds=[pack(r.feeds) for r in batch])
+                except COMM_ERRORS as e:
+                    self.outstanding -= len(batch)
+                    self.deployment.replica_lost(self, f"{type(e).__name__}: {e}", batch)
+                    return
+                except Exception as e:  # a failure that is not the connection's: answer, do not retry
+                    self.outstanding -= len(batch)
+                    self.failed += len(batch)
+                    err = InferenceError(f"replica {self.rid} on {self.worker} failed: {type(e).__name__}: {e}")
+                    for r in batch:
+                        self.deployment.finish(r, None, err)
+                    continue
+                self.outstanding -= len(batch)
+                if reply.get("status") != "OK":  # the worker no longer holds the replica
+                    self.deployment.replica_lost(self, f"worker answered {reply.get('status')!r}", batch)
+                    return
+                self.answered += len(batch)
+                for r, res in zip(batch, reply["results"]):
+                    if "o" in res:
+                        self.deployment.finish(r, unpack(res["o"], writable=True), None)
+                    else:
+                        self.failed += 1
+                        self.deployment.finish(r, None, rebuild_error(res["e"]))
+        finally:
+            self._senders -= 1
+            # requests pushed while this replica turned unhealthy are rerouted by replica_lost
+
+    def __repr__(self) -> str:
+        state = "healthy" if self.healthy else "down"
+        if self.draining:
+            state += ", draining"
+        return f"Replica({self.rid!r} on {self.worker}, {state}, outstanding={self.outstanding})"

@@ -1,0 +1,204 @@
+"""The cluster on a real LocalCluster: worker processes talking TCP on 127.0.0.1."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edgebench.errors import (ClusterError, ConfigError, InvalidInputError, PlacementError, QueueFullError)
+from edgebench.graph.dags import linear_model, random_dag
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cl():
+    from edgebench.cluster import Cluster
+
+    c = Cluster.local(n_workers=2, threads_per_worker=1,
+                      tenants={"gold": {"priority": 1}, "free": {"priority": 2, "max_inflight": 4}})
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return linear_model(32, seed=7, name="lin32")
+
+
+@pytest.fixture(scope="module")
+def feeds(model):
+    rng = np.random.default_rng(0)
+    return [{"x": rng.standard_normal((1, 32)).astype(np.float32)} for _ in range(40)]
+
+
+def local(model, feeds):
+    from edgebench import Engine
+
+    eng = Engine(model, threads=1)
+    return [eng.run(f)["y"] for f in feeds]
+
+
+def hammer(dep, feeds, seconds, results, errors):
+    """Submit in bursts of 16 until time is up; check nothing."""
+    stop = time.time() + seconds
+    i = 0
+    while time.time() < stop:
+        batch = [(j % len(feeds), dep.submit(feeds[j % len(feeds)])) for j in range(i, i + 16)]
+        i += 16
+        for j, f in batch:
+            try:
+                results.append((j, f.result(30)["y"]))
+            except Exception as e:  # collected: the test asserts there are none
+                errors.append(e)
+
+
+def test_deploy_run_matches_local_engine(cl, model, feeds):
+    dep = cl.deploy(model, replicas=2, name="match")
+    try:
+        ref = local(model, feeds)
+        outs = [f.result(30)["y"] for f in [dep.submit(x) for x in feeds]]
+        for a, b in zip(outs, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+        assert dep.run(feeds[0])["y"].flags.writeable  # the caller owns its outputs
+        assert len({r.worker for r in dep.replicas}) == 2  # spread over both workers
+        assert sum(r.answered for r in dep.replicas) == len(feeds) + 1
+        df = cl.deployments
+        row = df[df.deployment == "match"].iloc[0]
+        assert row.replicas == 2 and row.completed == len(feeds) + 1 and row.errors == 0
+        assert set(cl.workers.columns) >= {"worker", "nthreads", "memory_limit_mb", "replicas"}
+        assert {"deployed", "replica_started"} <= set(cl.events.kind)
+        assert "replicas=2/2" in repr(dep) and "match" in repr(cl)
+    finally:
+        dep.undeploy()
+    with pytest.raises(ClusterError, match="undeployed"):
+        dep.submit(feeds[0])
+
+
+def test_bad_requests_fail_fast_and_clearly(cl, model, feeds):
+    dep = cl.deploy(model, name="bad")
+    try:
+        with pytest.raises(InvalidInputError):
+            dep.submit({"x": np.zeros((1, 31), np.float32)})
+        with pytest.raises(InvalidInputError):
+            dep.submit({"nope": feeds[0]["x"]})
+        with pytest.raises(ClusterError, match="exists already"):
+            cl.deploy(model, name="bad")
+        np.testing.assert_allclose(dep.run(feeds[0])["y"], local(model, feeds[:1])[0], rtol=1e-6)
+    finally:
+        dep.undeploy()
+    with pytest.raises(ConfigError, match="replicas"):
+        cl.deploy(model, replicas=0, name="zero")
+    with pytest.raises(ConfigError, match="unknown tenant"):
+        cl.deploy(model, tenant="nobody", name="t")
+    with pytest.raises(ConfigError, match="routing"):
+        cl.deploy(model, routing="random", name="r")
+    assert "zero" not in set(cl.deployments.get("deployment", []))
+
+
+def test_placement_honours_resources_and_memory(cl, model):
+    with pytest.raises(PlacementError, match="GPU"):
+        cl.deploy(model, resources={"GPU": 1}, name="gpu")
+    with pytest.raises(PlacementError, match="MB"):
+        cl.deploy(model, memory=1 << 50, name="huge")
+    assert not {"gpu", "huge"} & set(cl.deployments.get("deployment", []))
+
+
+def test_scale_up_and_down_under_load_fails_nothing(cl, model, feeds):
+    dep = cl.deploy(model, replicas=1, name="scale")
+    try:
+        results, errors = [], []
+        th = threading.Thread(target=hammer, args=(dep, feeds, 2.5, results, errors))
+        th.start()
+        time.sleep(0.5)
+        dep.scale(3)
+        assert sum(r.healthy for r in dep.replicas) == 3
+        time.sleep(0.5)
+        dep.scale(1)
+        th.join()
+        assert not errors
+        assert len(dep.replicas) == 1 and dep.wanted == 1
+        ref = local(model, feeds)
+        assert all(np.allclose(y, ref[j], atol=1e-6) for j, y in results)
+    finally:
+        dep.undeploy()
+
+
+def test_migrate_under_load_fails_nothing(cl, model, feeds):
+    dep = cl.deploy(model, replicas=1, name="mig")
+    try:
+        src = dep.replicas[0].worker
+        dst = next(w for w in cl.worker_addresses() if w != src)
+        results, errors = [], []
+        th = threading.Thread(target=hammer, args=(dep, feeds, 2.0, results, errors))
+        th.start()
+        time.sleep(0.5)
+        new = dep.migrate(0, dst)
+        th.join()
+        assert not errors and results
+        assert [r.worker for r in dep.replicas] == [dst] and new.worker == dst
+        assert "migrated" in set(cl.events.kind)
+        with pytest.raises(ClusterError, match="no replica"):
+            dep.migrate("ghost", src)
+        with pytest.raises(PlacementError, match="no worker"):
+            dep.migrate(0, "tcp://127.0.0.1:1")
+    finally:
+        dep.undeploy()
+
+
+def test_tenant_flooding_is_refused_while_another_is_served(cl, model, feeds):
+    free = cl.deploy(model, name="free-dep", tenant="free")
+    gold = cl.deploy(model, name="gold-dep", tenant="gold")
+    try:
+        refused = 0
+        futs = []
+        for i in range(200):
+            try:
+                futs.append(free.submit(feeds[i % len(feeds)]))
+            except QueueFullError as e:
+                assert "tenant 'free'" in str(e)
+                refused += 1
+        golds = [gold.submit(feeds[i % len(feeds)]) for i in range(200)]  # gold has no cap
+        assert all(f.result(30)["y"].shape == (1, 32) for f in golds)
+        assert all(f.result(30)["y"].shape == (1, 32) for f in futs)
+        assert refused > 0 and len(futs) >= 4
+        rows = {r["tenant"]: r for r in cl.tenants.rows()}
+        assert rows["free"]["refused"] == refused and rows["gold"]["refused"] == 0
+        assert rows["free"]["inflight"] == 0  # every slot came back
+    finally:
+        free.undeploy()
+        gold.undeploy()
+
+
+def test_batching_on_the_worker(cl, model, feeds):
+    dep = cl.deploy(model, replicas=1, name="batched", batching={"max_batch_size": 8, "max_queue_delay_ms": 2.0})
+    try:
+        ref = local(model, feeds)
+        outs = [f.result(30)["y"] for f in [dep.submit(x) for x in feeds]]
+        assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(outs, ref))
+    finally:
+        dep.undeploy()
+    with pytest.raises(ConfigError, match="batching"):
+        cl.deploy(model, name="b2", batching={"max_batch": 8})
+
+
+def test_partitioned_random_dag_equals_local(cl):
+    for seed in (1, 4):
+        dag = random_dag(seed=seed, n_nodes=8)
+        cg = dag.graph.compile(fuse=False)
+        dg = cl.deploy_graph(cg, partition=2, feeds=dag.feeds)
+        try:
+            assert dg.plan.n_parts == 2 and len({a for _, a in dg.placement}) == 2
+            want = cg.run(dag.feeds)
+            got = dg.run(dag.feeds)
+            assert set(got) == set(want)
+            for k in want:
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+            assert "part 1" in dg.explain()
+        finally:
+            dg.undeploy()
+        cg.close()
+    with pytest.raises(ConfigError, match="feeds"):
+        cl.deploy_graph(cg)
