@@ -1,0 +1,87 @@
+"""Throughput of a deployment on 2 workers x 1 thread vs 1 worker x 1 thread.
+
+zoo mobilenet (MobileNetV2, 224x224, batch 1), one intra-op thread per replica, a LocalCluster
+of worker processes on 127.0.0.1; the client keeps 16 requests in flight (closed loop) for a
+fixed time, in alternating rounds of the two layouts (each a cluster of its own).
+
+Target: 2 workers / 1 worker >= 1.7x.  On a 2-core machine the client shares the cores with
+the workers; the machine's own two-process ceiling is measured in the same run (two raw
+onnxruntime sessions in two processes vs one) and printed beside the ratio.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+SECONDS = 6.0
+INFLIGHT = 16
+
+
+def closed_loop(dep, x, seconds: float) -> float:
+    """Requests/s with INFLIGHT requests always in flight."""
+    from collections import deque
+
+    futs = deque(dep.submit(x) for _ in range(INFLIGHT))
+    done = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while time.perf_counter() < end:
+        futs.popleft().result()
+        done += 1
+        futs.append(dep.submit(x))
+    for f in futs:
+        f.result()
+    return done / (time.perf_counter() - t0)
+
+
+def raw_rate(path: str, seconds: float) -> float:
+    from _common import raw_session
+
+    sess = raw_session(path, threads=1)
+    x = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)}
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        sess.run(None, x)
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    from _common import banner, verdict, zoo_file
+
+    import edgebench as eb
+
+    banner("cluster throughput: 2 workers x 1 thread vs 1 worker x 1 thread (zoo mobilenet, batch 1)")
+    m = eb.zoo.load("mobilenet")
+    x = eb.Engine(m, threads=1, record=False).sample_feeds()
+    path = zoo_file("mobilenet")
+    with ProcessPoolExecutor(2) as pool:
+        one = pool.submit(raw_rate, path, 3.0).result()
+        two = sum(f.result() for f in [pool.submit(raw_rate, path, 3.0) for _ in range(2)])
+    ceiling = two / one
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for rnd in range(2):
+        for n in ((1, 2) if rnd % 2 == 0 else (2, 1)):
+            with eb.Cluster.local(n_workers=n) as cl:
+                dep = cl.deploy(m, replicas=n)
+                closed_loop(dep, x, 1.0)  # warm-up
+                rates[n].append(closed_loop(dep, x, SECONDS))
+    r1, r2 = float(np.median(rates[1])), float(np.median(rates[2]))
+    print(f"   raw onnxruntime, 1 process {one:8.1f} req/s, 2 processes {two:8.1f} req/s: ceiling {ceiling:.2f}x")
+    print(f"   cluster 1 worker  {r1:8.1f} req/s   (rounds: {', '.join(f'{r:.1f}' for r in rates[1])})")
+    print(f"   cluster 2 workers {r2:8.1f} req/s   (rounds: {', '.join(f'{r:.1f}' for r in rates[2])})")
+    ratio = r2 / r1
+    ok = ratio >= 1.7
+    print(f"   2 workers / 1 worker = {ratio:.2f}x  (target >= 1.70: {verdict(ok)}; "
+          f"{ratio / ceiling:.0%} of the machine's ceiling)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
