@@ -360,6 +360,7 @@ _ELSEWHERE = {
     "serve": (".serve.cli", "add_serve_command"),
     "optimize": (".optimize.cli", "add_optimize_command"),
     "lab": (".notebook.lab", "add_lab_command"),
+    "cluster": (".cluster.cli", "add_cluster_command"),
 }
 
 
