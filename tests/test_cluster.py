@@ -200,5 +200,27 @@ def test_partitioned_random_dag_equals_local(cl):
         finally:
             dg.undeploy()
         cg.close()
-    with pytest.raises(ConfigError, match="feeds"):
-        cl.deploy_graph(cg)
+
+def test_deploy_graph_auto_partition_and_sample_feeds(cl, model):
+    from edgebench import Graph
+
+    g = Graph("chain")
+    g.add(model=model, inputs={"x": "in"}, outputs={"y": "h"}, name="a")
+    g.add(model=linear_model(32, seed=8, name="b"), inputs={"x": "h"}, outputs={"y": "out"}, name="b")
+    cg = g.compile(fuse=False)
+    dg = cl.deploy_graph(cg)  # feeds made from the first model's signature; "auto" parts
+    try:
+        x = {"in": np.ones((1, 32), np.float32)}
+        np.testing.assert_allclose(dg.run(x)["out"], cg.run(x)["out"], rtol=1e-5, atol=1e-6)
+        # two steps far cheaper than a network hop: "auto" keeps the graph whole
+        assert dg.plan.n_parts == 1
+    finally:
+        dg.undeploy()
+        cg.close()
+    g2 = Graph("fn-first")
+    g2.add(fn=lambda a: a * 2, inputs=["in"], outputs=["x2"], name="double")
+    g2.add(model=model, inputs={"x": "x2"}, outputs={"y": "out"}, name="m")
+    with pytest.raises(ConfigError, match="feeds="):
+        cl.deploy_graph(g2.compile())
+    with pytest.raises(ConfigError, match="compiled graph"):
+        cl.deploy_graph(g2)

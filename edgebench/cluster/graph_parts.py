@@ -193,6 +193,25 @@ async def _load(cluster: Cluster, pid: str, addr: str, payload: dict[str, Any]) 
         raise rebuild_error(reply["error"])
 
 
+def sample_feeds(cg: Any) -> dict[str, Any]:
+    """Random feeds for ``cg`` when every graph input goes straight into a model (whose
+    signature gives its shape and dtype); otherwise a ConfigError asking for ``feeds=``."""
+    from dataclasses import replace
+
+    from .._feeds import random_feeds
+
+    feeds: dict[str, Any] = {}
+    for t in cg.inputs:
+        spec = next((replace(sp, name=t) for s in cg.steps if s.node.kind == "model"
+                     for port, tensor in s.node.inputs.items() if tensor == t
+                     for sp in s.node.model.inputs if sp.name == port), None)
+        if spec is None:
+            raise ConfigError(f"graph input {t!r} goes into a Python function: its shape cannot be known",
+                              f"pass feeds= with one sample request: {{{', '.join(repr(i) for i in cg.inputs)}: ...}}")
+        feeds.update(random_feeds([spec]))
+    return feeds
+
+
 def deploy_graph(cluster: Cluster, cg: Any, partition: int | str = "auto", *, feeds: Mapping[str, Any] | None = None,
                  workers: list[str] | None = None, backend: str | None = None, device: str = "cpu",
                  threads: int | None = 1, **plan_kw: Any) -> DistributedGraph:
@@ -201,9 +220,7 @@ def deploy_graph(cluster: Cluster, cg: Any, partition: int | str = "auto", *, fe
 
     if not isinstance(cg, CompiledGraph):
         raise ConfigError(f"deploy_graph takes a compiled graph, got {type(cg).__name__}", "call graph.compile() first")
-    if feeds is None:
-        raise ConfigError("deploy_graph needs feeds=: one sample request, to measure the steps and tensor sizes",
-                          f"pass feeds={{{', '.join(repr(t) for t in cg.inputs)}: ...}}")
+    feeds = feeds if feeds is not None else sample_feeds(cg)
     addrs = list(workers) if workers else cluster.worker_addresses()
     if not addrs:
         raise ClusterError("the cluster has no workers", "start some (cl.scale(n)) and retry")
