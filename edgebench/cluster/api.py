@@ -107,6 +107,13 @@ class Cluster:
 
         if not isinstance(n_workers, int) or n_workers < 0:
             raise ConfigError(f"n_workers must be a non-negative integer, got {n_workers!r}")
+        if dashboard:  # the edgebench pages (profiling, cluster) in the Dask dashboard too
+            try:
+                from ..notebook.dask_pages import register_dask_pages
+
+                register_dask_pages()
+            except ImportError:  # bokeh is absent: the Dask dashboard itself needs it anyway
+                pass
         lc = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
                           host="127.0.0.1", memory_limit=memory_limit, resources=dict(resources or {}) or None,
                           dashboard_address="127.0.0.1:0" if dashboard else None, security=security,
@@ -239,8 +246,10 @@ class Cluster:
     def deploy_graph(self, graph: Any, partition: int | str = "auto", *, feeds: Mapping[str, Any] | None = None,
                      workers: list[str] | None = None, **kwargs: Any):
         """Split a compiled graph across workers and deploy its parts (see
-        :mod:`edgebench.cluster.graph_parts`).  ``feeds``: a sample request used to measure the
-        steps and the tensors' sizes the partitioner weighs."""
+        :mod:`edgebench.cluster.graph_parts`).  ``partition``: ``"auto"`` or a number of parts.
+        ``feeds``: a sample request used to measure the steps and the tensors' sizes the
+        partitioner weighs (default: random feeds from the models' signatures, when every
+        graph input goes straight into a model)."""
         from .graph_parts import deploy_graph
 
         self._check_open()
@@ -355,6 +364,11 @@ class Cluster:
         from ..notebook.display import mimebundle
 
         return mimebundle(self, include, exclude)
+
+    def _repr_html_(self) -> str:
+        from ..notebook.views_cluster import cluster_html
+
+        return cluster_html(self)
 
     def __repr__(self) -> str:
         if self.closed:

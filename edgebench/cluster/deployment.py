@@ -222,6 +222,11 @@ class Deployment:
 
         return mimebundle(self, include, exclude)
 
+    def _repr_html_(self) -> str:
+        from ..notebook.views_cluster import deployment_html
+
+        return deployment_html(self)
+
     def __repr__(self) -> str:
         live = sum(r.healthy for r in self.replicas)
         return (f"Deployment({self.name!r}, replicas={live}/{self.wanted}, "

@@ -98,10 +98,25 @@ class _Replica:
         self.engine.close()
         self.pool.shutdown(wait=False)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, window_s: float = 10.0, last: int = 4096) -> dict[str, Any]:
+        """Counters, and the p50 / p99 (ms, arrival to done on this worker) of the answered
+        requests among the replica's last ``last`` records that finished in the last
+        ``window_s`` seconds (the batcher's records when it has one: they include the wait)."""
+        import numpy as np
+
+        from ..profile.metrics import FIELDS, OK
+
+        buf = (self.batcher if self.batcher is not None else self.engine).records
+        recs = buf.snapshot(max(0, buf.total - last))
+        arr, done, st = FIELDS.index("arrival"), FIELDS.index("done"), FIELDS.index("status")
+        recs = recs[(recs[:, st] == OK) & (recs[:, done] >= time.perf_counter_ns() - int(window_s * 1e9))]
+        p50 = p99 = None
+        if len(recs):
+            p50, p99 = (float(v) for v in np.percentile((recs[:, done] - recs[:, arr]) / 1e6, [50, 99]))
         return {"replica": self.rid, "deployment": self.deployment, "requests": self.requests,
                 "errors": self.errors, "mean_ms": self.mean_ms, "outstanding": self.outstanding,
-                "created": self.created}
+                "created": self.created, "p50_ms": p50, "p99_ms": p99, "recent": len(recs),
+                "window_s": window_s}
 
 
 class EdgebenchWorker(WorkerPlugin):

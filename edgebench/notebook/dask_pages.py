@@ -17,8 +17,10 @@ bar at its route made one path segment deep (``/edgebench/profile`` -> ``/edgebe
 see :func:`dask_route`), and each component also as ``/individual-edgebench-...``, which is
 what Dask's "More..." menu and the dask-labextension side panel list.
 
-The pages show the engines of the scheduler's process (a ``LocalCluster(processes=False)``
+The profiling page shows the engines of the scheduler's process (a ``LocalCluster(processes=False)``
 shares it with the client; ``--edgebench-model`` starts one there under a background load).
+The cluster page (``/edgebench-cluster``) polls every worker's ``eb_status`` from the scheduler
+itself: the replicas of ``eb.Cluster`` deployments, whichever client made them.
 """
 from __future__ import annotations
 
@@ -36,16 +38,31 @@ __all__ = ["register_dask_pages", "dask_routes", "dask_route", "dask_setup", "da
 log = logging.getLogger("distributed.edgebench")
 
 
-def _page(builder: Callable[[Any], None], scheduler: Any, extra: dict, doc: Any) -> None:
-    builder(doc)
+def _build(builder: Callable[..., None], scheduler: Any, doc: Any) -> None:
+    """``builder(doc)``; builders that take a ``source`` (the cluster page) get the scheduler,
+    whose workers they poll themselves."""
+    import inspect
+
+    try:
+        takes_source = "source" in inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        takes_source = False
+    if takes_source:
+        builder(doc, source=scheduler)
+    else:
+        builder(doc)
+
+
+def _page(builder: Callable[..., None], scheduler: Any, extra: dict, doc: Any) -> None:
+    _build(builder, scheduler, doc)
     from distributed.dashboard.components.scheduler import env
 
     doc.template = env.get_template("simple.html")  # Dask's page frame and navigation bar
     doc.template_variables.update(extra)
 
 
-def _individual(builder: Callable[[Any], None], scheduler: Any, extra: dict, doc: Any) -> None:
-    builder(doc)
+def _individual(builder: Callable[..., None], scheduler: Any, extra: dict, doc: Any) -> None:
+    _build(builder, scheduler, doc)
 
 
 def dask_route(route: str) -> str:
@@ -60,12 +77,13 @@ def dask_route(route: str) -> str:
 def dask_routes() -> dict[str, Callable[[Any, dict, Any], None]]:
     """Route -> Dask page builder ``(scheduler, extra, doc)`` of every edgebench page."""
     from .dashboard.components import COMPONENTS
-    from .dashboard.pages import PAGES, individual_doc, profiling_doc
+    from .dashboard.pages import PAGES, cluster_doc, individual_doc, profiling_doc
 
     routes: dict[str, Callable[[Any, dict, Any], None]] = {}
     for route in PAGES.names():
         routes[dask_route(route)] = functools.partial(_page, PAGES.get(route))
     routes["/individual-edgebench-profile"] = functools.partial(_individual, profiling_doc)
+    routes["/individual-edgebench-cluster"] = functools.partial(_individual, cluster_doc)
     for name, cls in COMPONENTS.items():
         routes[f"/individual-{name}"] = functools.partial(_individual, individual_doc(cls))
     return routes

@@ -92,3 +92,4 @@ register_view("ProfileSession", ProfileView)
 # the views of later subsystems live in their own modules; importing them registers them
 from . import views_optimize, views_serve  # noqa: E402,F401
 from . import views_graph  # noqa: E402,F401
+from . import views_cluster  # noqa: E402,F401

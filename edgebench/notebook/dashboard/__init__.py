@@ -20,12 +20,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .pages import PAGES, profiling_doc
+from .pages import PAGES, cluster_doc, profiling_doc
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import DashboardServer, serve_dashboard
 
-__all__ = ["PAGES", "profiling_doc", "publish_profile", "latest_profile", "PublishedProfile", "Dashboard", "show",
+__all__ = ["PAGES", "profiling_doc", "cluster_doc", "publish_profile", "latest_profile", "PublishedProfile", "Dashboard", "show",
            "serve_dashboard", "DashboardServer"]
 
 _LAZY = {"serve_dashboard", "DashboardServer"}
@@ -97,9 +97,11 @@ class Dashboard:
         A key of :data:`~edgebench.notebook.dashboard.PAGES`.
     start
         Start updating right away (else call :meth:`start`).
+    **builder_kw
+        Passed to the page's builder, e.g. ``source=cl`` for ``/edgebench/cluster``.
     """
 
-    def __init__(self, route: str = DEFAULT_ROUTE, start: bool = True):
+    def __init__(self, route: str = DEFAULT_ROUTE, start: bool = True, **builder_kw: Any):
         from .server import _require
 
         _require("bokeh")
@@ -109,7 +111,7 @@ class Dashboard:
         self.route = route
         builder = PAGES.get(route)
         self.doc = Document()
-        builder(self.doc)
+        builder(self.doc, **builder_kw)
         roots = list(self.doc.roots)
         if len(roots) != 1:
             for r in roots:
@@ -234,17 +236,18 @@ def _ensure_bokehjs() -> None:
         load_bokehjs((bundle,))
 
 
-def show(route: str = DEFAULT_ROUTE) -> Dashboard:
+def show(route: str = DEFAULT_ROUTE, **builder_kw: Any) -> Dashboard:
     """Show a dashboard page in the notebook, updating live; returns its :class:`Dashboard`
-    (``d.stop()`` stops the updates).
+    (``d.stop()`` stops the updates).  ``builder_kw`` go to the page's builder.
 
     Examples
     --------
     >>> d = eb.notebook.dashboard.show("/edgebench/profile")    # doctest: +SKIP
+    >>> d = eb.notebook.dashboard.show("/edgebench/cluster", source=cl)   # doctest: +SKIP
     """
     from IPython.display import display
 
-    dash = Dashboard(route)
+    dash = Dashboard(route, **builder_kw)
     display(dash)
     return dash
 

@@ -22,10 +22,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .components import DashboardComponent, Feed
 
-__all__ = ["PAGES", "Page", "attach", "profiling_page", "profiling_doc", "individual_doc",
-           "DEFAULT_INTERVAL_MS"]
+__all__ = ["PAGES", "Page", "attach", "profiling_page", "profiling_doc", "cluster_doc", "individual_doc",
+           "DEFAULT_INTERVAL_MS", "CLUSTER_INTERVAL_MS"]
 
 DEFAULT_INTERVAL_MS = 500
+CLUSTER_INTERVAL_MS = 1000   # the cluster page's workers are polled about once a second
 
 #: route -> builder ``(doc: bokeh.document.Document) -> None``
 PAGES: Registry[Callable[["Document"], None]] = Registry("dashboard page", "edgebench.dashboard_pages")
@@ -97,6 +98,18 @@ def profiling_page(rollover: int | None = None) -> Page:
 def profiling_doc(doc: "Document", interval_ms: int = DEFAULT_INTERVAL_MS) -> None:
     """Builder of the ``/edgebench/profile`` route."""
     attach(doc, profiling_page(), interval_ms)
+
+
+@PAGES.register("/edgebench/cluster")
+def cluster_doc(doc: "Document", source: Any = None, interval_ms: int = CLUSTER_INTERVAL_MS) -> None:
+    """Builder of the ``/edgebench/cluster`` route: workers, replicas per worker, health,
+    request rate and p99, from each worker's ``eb_status`` (see
+    :mod:`edgebench.notebook.dashboard.cluster`).  ``source``: an ``eb.Cluster``, a dask
+    ``Client`` or a ``Scheduler`` (the Dask dashboard passes its scheduler); ``None``: the
+    process's default Dask client."""
+    from .cluster import cluster_page
+
+    attach(doc, cluster_page(source), interval_ms)
 
 
 def individual_doc(component: type["DashboardComponent"], interval_ms: int = DEFAULT_INTERVAL_MS,

@@ -236,6 +236,8 @@ def add_dashboard_command(sub: Any) -> None:
                    help="intra-op threads of the --model engine (default: the backend decides)")
     p.add_argument("--duration", type=_positive_float, default=None, metavar="S",
                    help="stop after S seconds (default: run until Ctrl-C)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="a Dask scheduler (tcp://host:8786) whose workers the /edgebench/cluster page polls")
     p.set_defaults(func=cmd_dashboard)
 
 
@@ -245,8 +247,16 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise ConfigError("--load needs a model to send requests to", "add --model MODEL (e.g. zoo:mlp)")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, got {args.port}")
-    engine = gen = None
+    engine = gen = client = None
     try:
+        if getattr(args, "scheduler", None):
+            from distributed import Client
+
+            try:  # the process's default client: the cluster page polls its workers through it
+                client = Client(args.scheduler, timeout="10s")
+            except (OSError, TimeoutError) as e:
+                raise ConfigError(f"cannot reach the Dask scheduler at {args.scheduler!r}: {e}",
+                                  "check --scheduler (e.g. tcp://127.0.0.1:8786)") from None
         if args.model is not None:
             from ...cli import load_model_arg
             from ...engine import Engine
@@ -271,6 +281,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             gen.stop()
         if engine is not None:
             engine.close()
+        if client is not None:
+            client.close()
     return 0
 
 
