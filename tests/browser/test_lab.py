@@ -37,6 +37,8 @@ EXPECT: dict[str, dict[str, int]] = {
     "04_batching_and_serving.ipynb": {"ipywidgets": 1, "figures": 2},
     # the compiled graph (anywidget) and the stream's live view
     "05_graphs.ipynb": {"ipywidgets": 1, "graph_nodes": 5},
+    # the live cluster widget (rate / p99 figure) while a worker is killed
+    "06_cluster.ipynb": {"ipywidgets": 1, "figures": 1},
 }
 
 # --- JavaScript run in the page ----------------------------------------------------------------
