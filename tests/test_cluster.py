@@ -77,6 +77,23 @@ def test_deploy_run_matches_local_engine(cl, model, feeds):
         dep.submit(feeds[0])
 
 
+def test_a_worker_loads_a_models_bytes_once(cl, model, feeds):
+    import asyncio
+
+    dep = cl.deploy(model, replicas=3, name="thrice")  # two workers: one holds two replicas
+    try:
+        async def statuses():
+            return [await cl.client.rpc(w).eb_status() for w in cl.worker_addresses()]
+
+        st = asyncio.run_coroutine_threadsafe(statuses(), cl._loop).result()
+        assert all(model.sha256 in s["models"] for s in st)
+        assert sum(s["loads_from_cache"] for s in st) >= 1
+        assert all(np.allclose(f.result(30)["y"], r, atol=1e-6)
+                   for f, r in zip([dep.submit(x) for x in feeds], local(model, feeds)))
+    finally:
+        dep.undeploy()
+
+
 def test_bad_requests_fail_fast_and_clearly(cl, model, feeds):
     dep = cl.deploy(model, name="bad")
     try:

@@ -83,10 +83,13 @@ class Controller:
         rep = Replica(f"{dep.name}-{next(self._ids)}", dep, node.address)
         dep.replicas.append(rep)  # not healthy yet: routing skips it, placement counts it
         try:
-            reply = await self.cluster.client.rpc(node.address).eb_load(
-                replica=rep.rid, deployment=dep.name, model=self.cluster._model_bytes(dep), sha256=dep.model.sha256,
-                name=dep.model.name, backend=dep.backend, device=dep.device, threads=dep.threads,
-                options=dep.options, batching=dep.batching)
+            load = self.cluster.client.rpc(node.address).eb_load
+            kw = dict(replica=rep.rid, deployment=dep.name, sha256=dep.model.sha256, name=dep.model.name,
+                      backend=dep.backend, device=dep.device, threads=dep.threads, options=dep.options,
+                      batching=dep.batching)
+            reply = await load(model=None, **kw)  # the worker may hold these bytes already
+            if reply.get("status") == "need_bytes":
+                reply = await load(model=self.cluster._model_bytes(dep), **kw)
         except Exception as e:
             dep.replicas.remove(rep)
             raise ClusterError(f"could not load {dep.name!r} on {node.address}: {type(e).__name__}: {e}") from e

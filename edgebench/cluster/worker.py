@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import os
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,6 +33,8 @@ __all__ = ["EdgebenchWorker", "INLINE_MS", "pack_error", "serialize_outputs"]
 
 #: replicas faster than this (mean ms per request) run inline on the worker's event loop
 INLINE_MS = 1.0
+#: model bytes a worker keeps (newest first) so a second replica needs no transfer
+BLOB_CACHE_BYTES = 512 << 20
 
 
 def pack_error(e: BaseException) -> list:
@@ -129,6 +132,8 @@ class EdgebenchWorker(WorkerPlugin):
         self.worker = worker
         self.replicas: dict[str, _Replica] = {}
         self.parts: dict[str, Any] = {}
+        self.blobs: OrderedDict[str, bytes] = OrderedDict()  # verified model bytes by SHA-256
+        self.cache_hits = 0
         worker.handlers.update({"eb_load": self.load, "eb_infer": self.infer, "eb_unload": self.unload,
                                 "eb_status": self.status, "eb_load_part": self.load_part, "eb_part": self.run_part,
                                 "eb_unload_part": self.unload_part})
@@ -143,22 +148,36 @@ class EdgebenchWorker(WorkerPlugin):
         self.parts.clear()
 
     # -- replicas ---------------------------------------------------------------------------
-    async def load(self, replica: str, deployment: str, model: bytes, sha256: str, name: str,
+    async def load(self, replica: str, deployment: str, model: bytes | None, sha256: str, name: str,
                    backend: str | None = None, device: str = "cpu", threads: int | None = 1,
                    options: dict | None = None, batching: dict | None = None) -> dict[str, Any]:
+        """Build a replica.  ``model=None`` asks for the bytes this worker already holds under
+        ``sha256`` (a second replica, a migration back): ``{"status": "need_bytes"}`` if none."""
         if replica in self.replicas:
             return {"status": "OK", "pid": os.getpid(), "existing": True}
+        if model is None:
+            model = self.blobs.get(sha256)
+            if model is None:
+                return {"status": "need_bytes"}
+            self.cache_hits += 1
         try:
             digest = hashlib.sha256(model).hexdigest()
             if digest != sha256:
                 raise ValueError(f"model bytes for {name!r} arrived with SHA-256 {digest[:12]}..., expected "
                                  f"{sha256[:12]}...: refusing to load them")
+            self._keep(sha256, model)
             rep = await asyncio.to_thread(_build, replica, deployment, model, name, backend, device, threads,
                                           options, batching)
         except Exception as e:
             return {"status": "error", "error": pack_error(e)}
         self.replicas[replica] = rep
         return {"status": "OK", "pid": os.getpid(), "mean_ms": rep.mean_ms}
+
+    def _keep(self, sha256: str, blob: bytes) -> None:
+        self.blobs[sha256] = blob
+        self.blobs.move_to_end(sha256)
+        while sum(len(b) for b in self.blobs.values()) > BLOB_CACHE_BYTES and len(self.blobs) > 1:
+            self.blobs.popitem(last=False)
 
     async def infer(self, replica: str, feeds: list[dict]) -> dict[str, Any]:
         rep = self.replicas.get(replica)
@@ -185,7 +204,8 @@ class EdgebenchWorker(WorkerPlugin):
         import psutil
 
         return {"pid": os.getpid(), "rss": psutil.Process().memory_info().rss,
-                "replicas": [r.status() for r in self.replicas.values()], "parts": sorted(self.parts)}
+                "replicas": [r.status() for r in self.replicas.values()], "parts": sorted(self.parts),
+                "models": list(self.blobs), "loads_from_cache": self.cache_hits}
 
     # -- graph parts ------------------------------------------------------------------------
     async def load_part(self, part: str, payload: Any) -> dict[str, Any]:
