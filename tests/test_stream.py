@@ -84,8 +84,56 @@ def test_backpressure_bounds_queues_and_source():
     sg.run(timeout=20)
     assert seen == list(range(60))
     assert max(sg.max_queue_depth) <= qs
-    # events can only be in: 3 queues of qs, one in each of 2 stage threads, one in the source
-    assert max(lead) <= 3 * qs + 3
+    # events can only be in: 2 queues of qs, at most qs in hand in each of the 2 stage threads
+    # (a stage takes what waits in its queue as one group), one in the source
+    assert max(lead) <= 4 * qs + 1
+
+
+def test_queue_depth_now_and_max_in_stats_and_view():
+    from edgebench.notebook import display
+    from edgebench.notebook.views_graph import StreamGraphView
+
+    gate = threading.Event()
+    qs = 3
+    sg = StreamGraph("held", queue_size=qs).source(range(40)).map(lambda x: x, name="ident")
+    sg.sink(lambda v: gate.wait(10))
+    assert sg.queue_depth == [0, 0] and [r["queue"] for r in sg.stats()] == [0, 0]
+    v = display.widget(sg)
+    assert isinstance(v, StreamGraphView)
+    sg.start()
+    deadline = time.perf_counter() + 5
+    while sg.queue_depth != [qs, qs] and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert sg.queue_depth == [qs, qs]                 # the sink holds: both queues fill up
+    assert [(r["queue"], r["max_queue"]) for r in sg.stats()] == [(qs, qs), (qs, qs)]
+    v.update()
+    assert f"<td>{qs} / {qs}</td>" in v._html.value
+    gate.set()
+    assert sg.join(timeout=10) == list(range(40))
+    assert sg.queue_depth == [0, 0] and sg.max_queue_depth == [qs, qs]
+    v.update()
+    assert f"<td>0 / {qs}</td>" in v._html.value
+    v.close()
+
+
+def test_stages_take_waiting_events_as_one_group():
+    from edgebench.graph.channel import Channel
+
+    cancel = threading.Event()
+    ch = Channel(4, poll_s=0.01)
+    assert all(ch.put(i, cancel) for i in range(4))
+    assert len(ch) == 4 and ch.max_depth == 4
+    assert ch.take(3, cancel) == [0, 1, 2] and ch.take(8, cancel) == [3] and len(ch) == 0
+    done = []
+    threading.Thread(target=lambda: done.append([ch.put(i, cancel) for i in range(6)])).start()
+    got: list = []
+    while len(got) < 6:
+        got += ch.take(8, cancel)
+    assert got == list(range(6)) and ch.max_depth <= 4
+    cancel.set()
+    assert ch.take(1, cancel) is None                 # empty + cancelled: returns, never hangs
+    assert all(ch.put(i, threading.Event()) for i in range(4))
+    assert ch.put(9, cancel) is False                 # full + cancelled
 
 
 def test_count_window_and_time_window():

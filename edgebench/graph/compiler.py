@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import GraphError
 from .api import Graph, Node
+from .shapes import check_shapes
 
 __all__ = ["compile_graph", "topological_order", "validate"]
 
@@ -57,7 +58,9 @@ def validate(graph: Graph) -> list[Node]:
     Raises :class:`GraphError` naming the node for: a tensor written by two nodes, a model
     input left unconnected, a tensor read that no node writes and that is not a declared
     input or constant, an output nobody writes, a dtype or shape mismatch between a
-    producing and a consuming model, and a cycle.
+    producing and a consuming model (declared signatures, then shapes propagated through
+    the models by ONNX shape inference: :func:`~edgebench.graph.shapes.check_shapes`), and
+    a cycle.
     """
     if not graph.nodes:
         raise GraphError(f"graph {graph.name!r} has no nodes", "add steps with Graph.add(...)")
@@ -88,7 +91,9 @@ def validate(graph: Graph) -> list[Node]:
         if t not in producer:
             raise GraphError(f"graph output {t!r} is produced by no node", "check the tensor name")
     _check_signatures(graph, producer)
-    return topological_order(graph.nodes, set(graph.inputs) | set(graph.constants))
+    order = topological_order(graph.nodes, set(graph.inputs) | set(graph.constants))
+    check_shapes(order)
+    return order
 
 
 def _check_signatures(graph: Graph, producer: dict[str, Node]) -> None:
@@ -107,6 +112,8 @@ def _check_signatures(graph: Graph, producer: dict[str, Node]) -> None:
             if src.dtype != dst.dtype:
                 raise GraphError(f"node {n.name!r} input {port!r} expects {dst.dtype} but tensor {t!r} from node "
                                  f"{p.name!r} is {src.dtype}", "insert a conversion step between them")
+            if not src.shape or not dst.shape:
+                continue  # no declared shape (or a scalar): left to check_shapes' inference
             if len(src.shape) != len(dst.shape) or any(
                     isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(src.shape, dst.shape)):
                 raise GraphError(f"node {n.name!r} input {port!r} expects shape {dst} but tensor {t!r} from node "

@@ -8,6 +8,9 @@
 * Pipelining: stage k works on event t while stage k-1 works on event t+1.
 * Backpressure: queues hold at most ``queue_size`` events; a full queue blocks its producer,
   the source included, so memory stays bounded whatever the source's rate.
+* Micro-batching: a stage takes every event waiting in its input queue (at most
+  ``queue_size``) in one hand-off (:class:`~edgebench.graph.channel.Channel`), so a stage
+  that falls behind costs one thread wake-up per group of events, not one per event.
 * Event time: every event carries the source's ``seq`` and ``ts``; with ``max_lateness`` a
   reorder buffer restores timestamp order and handles late events by ``late_policy``.
 * Self-healing: a stage that raises is restored from its last checkpoint (``get_state`` /
@@ -18,12 +21,12 @@
 """
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from edgebench.graph.channel import Channel
 from edgebench.graph.stream_nodes import (
     Event,
     FrameSource,
@@ -62,7 +65,8 @@ class StreamGraph:
     name
         Shown in reprs and the log.
     queue_size
-        Capacity of each queue between stages (backpressure beyond it).
+        Capacity of each queue between stages (backpressure beyond it); a stage also holds
+        at most this many events it has taken from its queue and not yet processed.
     checkpoint_every
         Stateful stages are checkpointed every this many input events.
     retry
@@ -86,7 +90,7 @@ class StreamGraph:
         self.stages: list[_Stage] = []
         self.results: list[Event] = []
         self.log: list[LogEntry] = []
-        self.max_queue_depth: list[int] = []
+        self.channels: list[Channel] = []
         self._source: Any = None
         self._timestamps = False
         self._has_sink = False
@@ -205,13 +209,12 @@ class StreamGraph:
     def start(self) -> StreamGraph:
         """Start one thread for the source and one per stage; returns at once."""
         self._prepare()
-        qs = [queue.Queue(self.queue_size) for _ in self.stages]
-        self.max_queue_depth = [0] * len(qs)
+        qs = self.channels = [Channel(self.queue_size, _POLL_S) for _ in self.stages]
         self._threads = [threading.Thread(target=self._guard, args=(self._run_source, qs[0]),
                                           name=f"{self.name}:source", daemon=True)]
         for k, st in enumerate(self.stages):
             out = qs[k + 1] if k + 1 < len(qs) else None
-            self._threads.append(threading.Thread(target=self._guard, args=(self._run_stage, st, qs[k], out, k + 1),
+            self._threads.append(threading.Thread(target=self._guard, args=(self._run_stage, st, qs[k], out),
                                                   name=f"{self.name}:{st.name}", daemon=True))
         for t in self._threads:
             t.start()
@@ -227,36 +230,31 @@ class StreamGraph:
                 self._note(threading.current_thread().name, "error", str(e))
             self._cancel.set()
 
-    def _put(self, q: queue.Queue, item: Any, k: int | None = None) -> bool:
-        while not self._cancel.is_set():
-            try:
-                q.put(item, timeout=_POLL_S)
-            except queue.Full:
-                continue
-            if k is not None:
-                self.max_queue_depth[k] = max(self.max_queue_depth[k], q.qsize())
-            return True
-        return False
-
-    def _run_source(self, q: queue.Queue) -> None:
+    def _run_source(self, q: Channel) -> None:
         for ev in self._events():
-            if not self._put(q, ev, 0):
+            if not q.put(ev, self._cancel):
                 return
-        self._put(q, _EOS)
+        q.put(_EOS, self._cancel)
 
-    def _run_stage(self, st: _Stage, inq: queue.Queue, outq: queue.Queue | None, k: int) -> None:
-        while not self._cancel.is_set():
-            try:
-                ev = inq.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            if ev is _EOS:
-                if outq is not None:
-                    self._put(outq, _EOS)
+    def _run_stage(self, st: _Stage, inq: Channel, outq: Channel | None) -> None:
+        # micro-batching: take every event already waiting (at most queue_size, so a stage
+        # never holds more than that in hand) and feed them one by one; each output is handed
+        # on at once, so the next stage starts on it while this one works on the rest
+        cancel, limit = self._cancel, self.queue_size
+        while True:
+            group = inq.take(limit, cancel)
+            if group is None:
                 return
-            for out in st.feed(ev):
-                if outq is not None and not self._put(outq, out, k):
+            for ev in group:
+                if cancel.is_set():
                     return
+                if ev is _EOS:
+                    if outq is not None:
+                        outq.put(_EOS, cancel)
+                    return
+                for out in st.feed(ev):
+                    if outq is not None and not outq.put(out, cancel):
+                        return
 
     def run_sequential(self) -> list[Any]:
         """Run the whole chain in the calling thread, one event at a time (the reference
@@ -329,11 +327,23 @@ class StreamGraph:
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
+    @property
+    def max_queue_depth(self) -> list[int]:
+        """Per stage, the most events its input queue ever held (0s before the start)."""
+        return [c.max_depth for c in self.channels] or [0] * len(self.stages)
+
+    @property
+    def queue_depth(self) -> list[int]:
+        """Per stage, the events waiting in its input queue now (0s when not started)."""
+        return [len(c) for c in self.channels] or [0] * len(self.stages)
+
     def stats(self) -> list[dict[str, Any]]:
-        """Per stage: events processed and emitted, restarts, busy seconds, max input queue."""
-        depth = self.max_queue_depth or [0] * len(self.stages)
+        """Per stage: events processed and emitted, restarts, busy seconds, input queue depth
+        now (``queue``) and the most it held (``max_queue``)."""
+        now, most = self.queue_depth, self.max_queue_depth
         return [{"stage": s.name, "processed": s.processed, "emitted": s.emitted,
-                 "restarts": s.restarts, "busy_s": round(s.busy_s, 6), "max_queue": depth[k]}
+                 "restarts": s.restarts, "busy_s": round(s.busy_s, 6), "queue": now[k],
+                 "max_queue": most[k]}
                 for k, s in enumerate(self.stages)]
 
     def log_frame(self):

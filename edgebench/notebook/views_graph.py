@@ -8,8 +8,8 @@ object                 widget
                        drawn by ``widgets/graph.js``; each step's mean time (measured
                        by the executor) is its heat colour
 ``StreamGraph``        :class:`StreamGraphView`: per stage, events processed and
-                       emitted, restarts, the deepest its input queue got, throughput;
-                       refreshed live while the stream runs
+                       emitted, restarts, its input queue depth now and the deepest it got,
+                       throughput; refreshed live while the stream runs
 =====================  ===========================================================
 """
 from __future__ import annotations
@@ -171,7 +171,8 @@ class StreamGraphView(LiveView):
         return sg is None or (bool(sg._threads) and not sg.running)
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Per stage: ``stats()`` plus ``rate`` (events processed per second since the start)."""
+        """Per stage: ``stats()`` (``queue``: input queue depth now, ``max_queue``: the most it
+        held) plus ``rate`` (events processed per second since the start)."""
         sg = self._sg()
         if sg is None:
             return []
@@ -192,11 +193,11 @@ class StreamGraphView(LiveView):
                       ("throughput", fmt_rate(rows[-1]["rate"] if rows else float("nan"), " ev/s"))])
         body = "".join(
             f"<tr><td class='eb-l'>{escape(r['stage'])}</td><td>{r['processed']:,}</td><td>{r['emitted']:,}</td>"
-            f"<td>{r['max_queue']}</td><td>{r['restarts']}</td>"
+            f"<td>{r['queue']} / {r['max_queue']}</td><td>{r['restarts']}</td>"
             f"<td>{fmt_ms(1000 * r['busy_s'] / r['processed'] if r['processed'] else float('nan'))}</td>"
             f"<td>{fmt_rate(r['rate'], ' ev/s')}</td></tr>" for r in rows)
         table = ("<table class='eb-table'><tr><th class='eb-l'>stage</th><th>processed</th><th>emitted</th>"
-                 "<th>max queue</th><th>restarts</th><th>busy / event</th><th>throughput</th></tr>"
+                 "<th title='events waiting in the stage input queue now / the most it held'>queue now / max</th><th>restarts</th><th>busy / event</th><th>throughput</th></tr>"
                  f"{body}</table>")
         self._html.value = card(f"<b>StreamGraph {escape(sg.name)}</b>{head}{table}")
 
