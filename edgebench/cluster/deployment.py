@@ -72,6 +72,8 @@ class Deployment:
         self._rng = random.Random(0)
         self._loop = cluster._loop
         self._seq = 0
+        self._inbox: deque[Request] = deque()  # submitted, not yet routed (deque ops are atomic)
+        self._woken = False
 
     # -- requests (any thread) --------------------------------------------------------------
     def submit(self, feeds: Any, *, priority: int | None = None, timeout_s: float | None = None) -> Future:
@@ -94,7 +96,10 @@ class Deployment:
             self.submitted += 1
         t = timeout_s if timeout_s is not None else self.timeout_s
         req = Request(feeds, self.priority if priority is None else priority, time.perf_counter() + t, self.tenant)
-        self._loop.call_soon_threadsafe(self._route, req)
+        self._inbox.append(req)
+        if not self._woken:  # one wake-up of the loop carries every request submitted meanwhile
+            self._woken = True
+            self._loop.call_soon_threadsafe(self._drain_inbox)
         return req.future
 
     def run(self, feeds: Any, *, priority: int | None = None, timeout_s: float | None = None) -> dict[str, Any]:
@@ -103,6 +108,12 @@ class Deployment:
         return fut.result()
 
     # -- routing (event loop) ---------------------------------------------------------------
+    def _drain_inbox(self) -> None:
+        self._woken = False  # cleared first: a submit racing with the drain wakes the loop again
+        inbox = self._inbox
+        while inbox:
+            self._route(inbox.popleft())
+
     def _route(self, req: Request) -> None:
         if req.future.done():
             return

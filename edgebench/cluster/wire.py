@@ -15,7 +15,7 @@ from distributed.protocol import to_serialize
 __all__ = ["FRAME_BYTES", "pack", "unpack"]
 
 #: arrays at least this large travel as their own frames (zero copy)
-FRAME_BYTES = 1 << 20
+FRAME_BYTES = 64 << 10
 
 
 def pack(arrays: dict[str, Any]) -> dict[str, Any]:
