@@ -121,7 +121,10 @@ class Replica:
         rpc = self.deployment.cluster.client.rpc
         try:
             while self._queue and self.healthy:
-                batch = [heapq.heappop(self._queue) for _ in range(min(self.max_batch, len(self._queue)))]
+                # share what waits between the pipeline's messages: a replica never sits idle
+                # while one big message travels after the last one was answered
+                n = min(self.max_batch, -(-len(self._queue) // self.pipeline))
+                batch = [heapq.heappop(self._queue) for _ in range(n)]
                 self.sent += len(batch)
                 try:
                     reply = await rpc(self.worker).eb_infer(
