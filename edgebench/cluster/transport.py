@@ -95,7 +95,8 @@ class Replica:
         self.failed = 0
         self.pid: int | None = None
         self._queue: list[Request] = []
-        self._senders = 0
+        self._senders = 0  # messages in flight to the worker
+        self._flush_pending = False
         self.created = time.time()
 
     # -- queueing ---------------------------------------------------------------------------
@@ -103,9 +104,25 @@ class Replica:
         req.replica = self
         heapq.heappush(self._queue, req)
         self.outstanding += 1
-        if self._senders < self.pipeline:
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        # at the end of this loop iteration, so every request routed in it is queued first
+        if not self._flush_pending and self._senders < self.pipeline:
+            self._flush_pending = True
+            self.deployment.cluster._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send what waits, shared between the free message slots: while one message is being
+        computed the next is already at the worker, so the replica never waits for the wire."""
+        self._flush_pending = False
+        free = self.pipeline - self._senders
+        while free > 0 and self._queue and self.healthy:
+            n = min(self.max_batch, -(-len(self._queue) // free))
+            batch = [heapq.heappop(self._queue) for _ in range(n)]
             self._senders += 1
-            self.deployment.cluster._spawn(self._send_loop())
+            free -= 1
+            self.deployment.cluster._spawn(self._send(batch))
 
     def take_queued(self) -> list[Request]:
         """Remove and return every request still queued here (for rerouting)."""
@@ -117,43 +134,39 @@ class Replica:
     def queued(self) -> int:
         return len(self._queue)
 
-    async def _send_loop(self) -> None:
-        rpc = self.deployment.cluster.client.rpc
+    async def _send(self, batch: list[Request]) -> None:
+        self.sent += len(batch)
         try:
-            while self._queue and self.healthy:
-                # share what waits between the pipeline's messages: a replica never sits idle
-                # while one big message travels after the last one was answered
-                n = min(self.max_batch, -(-len(self._queue) // self.pipeline))
-                batch = [heapq.heappop(self._queue) for _ in range(n)]
-                self.sent += len(batch)
-                try:
-                    reply = await rpc(self.worker).eb_infer(
-                        replica=self.rid, feeds=[pack(r.feeds) for r in batch])
-                except COMM_ERRORS as e:
-                    self.outstanding -= len(batch)
-                    self.deployment.replica_lost(self, f"{type(e).__name__}: {e}", batch)
-                    return
-                except Exception as e:  # a failure that is not the connection's: answer, do not retry
-                    self.outstanding -= len(batch)
-                    self.failed += len(batch)
-                    err = InferenceError(f"replica {self.rid} on {self.worker} failed: {type(e).__name__}: {e}")
-                    for r in batch:
-                        self.deployment.finish(r, None, err)
-                    continue
+            try:
+                reply = await self.deployment.cluster.client.rpc(self.worker).eb_infer(
+                    replica=self.rid, feeds=[pack(r.feeds) for r in batch])
+            except COMM_ERRORS as e:
                 self.outstanding -= len(batch)
-                if reply.get("status") != "OK":  # the worker no longer holds the replica
-                    self.deployment.replica_lost(self, f"worker answered {reply.get('status')!r}", batch)
-                    return
-                self.answered += len(batch)
-                for r, res in zip(batch, reply["results"]):
-                    if "o" in res:
-                        self.deployment.finish(r, unpack(res["o"], writable=True), None)
-                    else:
-                        self.failed += 1
-                        self.deployment.finish(r, None, rebuild_error(res["e"]))
+                self.deployment.replica_lost(self, f"{type(e).__name__}: {e}", batch)
+                return
+            except Exception as e:  # a failure that is not the connection's: answer, do not retry
+                self.outstanding -= len(batch)
+                self.failed += len(batch)
+                err = InferenceError(f"replica {self.rid} on {self.worker} failed: {type(e).__name__}: {e}")
+                for r in batch:
+                    self.deployment.finish(r, None, err)
+                return
+            self.outstanding -= len(batch)
+            if reply.get("status") != "OK":  # the worker no longer holds the replica
+                self.deployment.replica_lost(self, f"worker answered {reply.get('status')!r}", batch)
+                return
+            self.answered += len(batch)
+            for r, res in zip(batch, reply["results"]):
+                if "o" in res:
+                    self.deployment.finish(r, unpack(res["o"], writable=True), None)
+                else:
+                    self.failed += 1
+                    self.deployment.finish(r, None, rebuild_error(res["e"]))
         finally:
             self._senders -= 1
-            # requests pushed while this replica turned unhealthy are rerouted by replica_lost
+            if self._queue and self.healthy:
+                self._schedule_flush()
+            # requests queued here when the replica turned unhealthy were rerouted by replica_lost
 
     def __repr__(self) -> str:
         state = "healthy" if self.healthy else "down"
