@@ -241,3 +241,14 @@ def test_deploy_graph_auto_partition_and_sample_feeds(cl, model):
         cl.deploy_graph(g2.compile())
     with pytest.raises(ConfigError, match="compiled graph"):
         cl.deploy_graph(g2)
+
+
+def test_connecting_to_nothing_is_a_clear_error():
+    from edgebench import Cluster
+
+    t0 = time.time()
+    with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"):
+        Cluster("tcp://127.0.0.1:1", timeout=1)
+    assert time.time() - t0 < 10
+    with pytest.raises(ConfigError, match="scheduler address"):
+        Cluster(42)

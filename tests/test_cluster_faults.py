@@ -201,3 +201,29 @@ def test_stream_through_a_cluster_stage_survives_a_worker_kill(model, feeds):
         assert "replica_lost" in set(cl.events.kind) or "worker_left" in set(cl.events.kind)
     assert len(got) == len(ref)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_hung_worker_times_out_and_its_requests_go_elsewhere(model, feeds):
+    """SIGSTOP (not kill): the connection stays open but nothing answers; requests time out,
+    are answered by the other replica, and the replica is re-created there."""
+    import signal
+
+    from edgebench import Cluster
+
+    with Cluster.local(n_workers=2) as cl:
+        dep = cl.deploy(model, replicas=2, timeout_s=1.5)
+        victim = dep.replicas[0].worker
+        pid = cl.client.run(os.getpid, workers=[victim])[victim]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.time()
+            outs = [f.result(30)["y"] for f in [dep.submit(x) for x in feeds]]
+            took = time.time() - t0
+            ref = local(model, feeds)
+            assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(outs, ref))
+            assert took < 10
+            assert any("no answer within" in d for d in cl.events.detail.astype(str))
+            assert wait_for(lambda: sum(r.healthy for r in dep.replicas) == 2, 20)
+            assert all(r.worker != victim for r in dep.replicas)
+        finally:
+            os.kill(pid, signal.SIGCONT)

@@ -38,6 +38,8 @@ class Cluster:
         :mod:`edgebench.cluster.tenants`).
     interval
         Seconds between the controller's repair passes.
+    timeout
+        Seconds to wait for the scheduler when connecting to an address.
 
     Examples
     --------
@@ -47,7 +49,7 @@ class Cluster:
     """
 
     def __init__(self, address: Any, *, security: Any = None, tenants: Mapping[str, Any] | None = None,
-                 interval: float = 1.0):
+                 interval: float = 1.0, timeout: float = 10.0):
         from distributed import Client
 
         self._own_client = False
@@ -64,8 +66,8 @@ class Cluster:
                 raise ConfigError(f"Cluster() needs a scheduler address, a dask Client or a Dask cluster, "
                                   f"got {type(address).__name__}", "or start one here with eb.Cluster.local()")
             try:
-                client = Client(address_, security=security, timeout="10s") if security is not None \
-                    else Client(address_, timeout="10s")
+                client = Client(address_, security=security, timeout=f"{timeout}s") if security is not None \
+                    else Client(address_, timeout=f"{timeout}s")
             except (OSError, TimeoutError) as e:
                 raise ClusterError(f"cannot reach the Dask scheduler at {address!r}: {e}",
                                    "start one (`dask scheduler`), check the address, or use eb.Cluster.local()") from None
@@ -192,7 +194,9 @@ class Cluster:
         max_inflight
             Requests in flight beyond which ``submit`` refuses (``QueueFullError``).
         max_retries, timeout_s
-            Replicas a request may be retried on when its worker dies; how long it may wait.
+            Replicas a request may be retried on when its worker dies; how long it may wait
+            for a replica, and for a worker's answer before the worker counts as hung (its
+            requests then go to another replica).
         routing
             ``"p2c"`` (power of two choices), ``"least_outstanding"`` or ``"round_robin"``.
         """

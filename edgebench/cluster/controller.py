@@ -176,6 +176,7 @@ class Controller:
             dep.replicas.remove(rep)
         self.suspect[rep.worker] = time.monotonic() + 10.0  # until the scheduler says more
         self.cluster._spawn(self.reconcile(reason=f"{rep.rid} lost"))
+        self.cluster._spawn(self._unload(rep))  # a hung worker that recovers must not keep it
 
     def worker_left(self, address: str) -> None:
         self.dead.add(address)

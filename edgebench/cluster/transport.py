@@ -13,6 +13,7 @@ another replica (inference is idempotent; the worker's answer never arrived).
 """
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import time
@@ -138,8 +139,13 @@ class Replica:
         self.sent += len(batch)
         try:
             try:
-                reply = await self.deployment.cluster.client.rpc(self.worker).eb_infer(
-                    replica=self.rid, feeds=[pack(r.feeds) for r in batch])
+                reply = await asyncio.wait_for(self.deployment.cluster.client.rpc(self.worker).eb_infer(
+                    replica=self.rid, feeds=[pack(r.feeds) for r in batch]), self.deployment.timeout_s)
+            except asyncio.TimeoutError:  # a hung worker (before OSError: TimeoutError is one)
+                self.outstanding -= len(batch)
+                self.deployment.replica_lost(
+                    self, f"no answer within {self.deployment.timeout_s:g} s (worker hung?)", batch)
+                return
             except COMM_ERRORS as e:
                 self.outstanding -= len(batch)
                 self.deployment.replica_lost(self, f"{type(e).__name__}: {e}", batch)
