@@ -74,6 +74,7 @@ class Deployment:
         self._seq = 0
         self._inbox: deque[Request] = deque()  # submitted, not yet routed (deque ops are atomic)
         self._woken = False
+        self._dirty: set | None = None  # replicas pushed to during _drain_inbox
 
     # -- requests (any thread) --------------------------------------------------------------
     def submit(self, feeds: Any, *, priority: int | None = None, timeout_s: float | None = None) -> Future:
@@ -111,8 +112,14 @@ class Deployment:
     def _drain_inbox(self) -> None:
         self._woken = False  # cleared first: a submit racing with the drain wakes the loop again
         inbox = self._inbox
-        while inbox:
-            self._route(inbox.popleft())
+        self._dirty = dirty = set()
+        try:
+            while inbox:
+                self._route(inbox.popleft())
+        finally:
+            self._dirty = None
+        for rep in dirty:  # send now: every request of this wake-up is queued
+            rep._flush()
 
     def _route(self, req: Request) -> None:
         if req.future.done():

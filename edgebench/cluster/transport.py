@@ -31,6 +31,24 @@ if TYPE_CHECKING:
 
 __all__ = ["Replica", "Request", "rebuild_error"]
 
+#: a timeout around an await that adds no task (asyncio.timeout, Python 3.11+)
+_timeout = getattr(asyncio, "timeout", None)
+if _timeout is None:  # pragma: no cover - Python 3.10
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def _timeout(seconds: float):
+        task = asyncio.current_task()
+        handle = asyncio.get_running_loop().call_later(seconds, task.cancel)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if handle.when() <= asyncio.get_running_loop().time():
+                raise asyncio.TimeoutError from None
+            raise
+        finally:
+            handle.cancel()
+
 _SEQ = itertools.count()
 #: what a broken connection to a worker looks like
 COMM_ERRORS = (CommClosedError, OSError, EOFError)
@@ -105,7 +123,11 @@ class Replica:
         req.replica = self
         heapq.heappush(self._queue, req)
         self.outstanding += 1
-        self._schedule_flush()
+        dirty = self.deployment._dirty
+        if dirty is not None:  # routed by Deployment._drain_inbox: it flushes when done
+            dirty.add(self)
+        else:
+            self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         # at the end of this loop iteration, so every request routed in it is queued first
@@ -139,8 +161,9 @@ class Replica:
         self.sent += len(batch)
         try:
             try:
-                reply = await asyncio.wait_for(self.deployment.cluster.client.rpc(self.worker).eb_infer(
-                    replica=self.rid, feeds=[pack(r.feeds) for r in batch]), self.deployment.timeout_s)
+                async with _timeout(self.deployment.timeout_s):
+                    reply = await self.deployment.cluster.client.rpc(self.worker).eb_infer(
+                        replica=self.rid, feeds=[pack(r.feeds) for r in batch])
             except asyncio.TimeoutError:  # a hung worker (before OSError: TimeoutError is one)
                 self.outstanding -= len(batch)
                 self.deployment.replica_lost(
