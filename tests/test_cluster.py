@@ -66,6 +66,9 @@ def test_deploy_run_matches_local_engine(cl, model, feeds):
         assert len({r.worker for r in dep.replicas}) == 2  # spread over both workers
         assert sum(r.answered for r in dep.replicas) == len(feeds) + 1
         df = cl.deployments
+        from edgebench.cluster.deployment import ROW_COLUMNS
+
+        assert list(dep.row()) == ROW_COLUMNS == list(df.columns)
         row = df[df.deployment == "match"].iloc[0]
         assert row.replicas == 2 and row.completed == len(feeds) + 1 and row.errors == 0
         assert set(cl.workers.columns) >= {"worker", "nthreads", "memory_limit_mb", "replicas"}
@@ -112,7 +115,7 @@ def test_bad_requests_fail_fast_and_clearly(cl, model, feeds):
         cl.deploy(model, tenant="nobody", name="t")
     with pytest.raises(ConfigError, match="routing"):
         cl.deploy(model, routing="random", name="r")
-    assert "zero" not in set(cl.deployments.get("deployment", []))
+    assert "zero" not in set(cl.deployments.deployment)
 
 
 def test_placement_honours_resources_and_memory(cl, model):
@@ -120,7 +123,7 @@ def test_placement_honours_resources_and_memory(cl, model):
         cl.deploy(model, resources={"GPU": 1}, name="gpu")
     with pytest.raises(PlacementError, match="MB"):
         cl.deploy(model, memory=1 << 50, name="huge")
-    assert not {"gpu", "huge"} & set(cl.deployments.get("deployment", []))
+    assert not {"gpu", "huge"} & set(cl.deployments.deployment)
 
 
 def test_scale_up_and_down_under_load_fails_nothing(cl, model, feeds):

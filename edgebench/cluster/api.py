@@ -290,7 +290,9 @@ class Cluster:
         """One row per deployment: replicas live/wanted, workers, counters, p50/p99 (last 10 s)."""
         import pandas as pd
 
-        return pd.DataFrame([d.row() for d in list(self._deployments.values())])
+        from .deployment import ROW_COLUMNS
+
+        return pd.DataFrame([d.row() for d in list(self._deployments.values())], columns=ROW_COLUMNS)
 
     @property
     def events(self):

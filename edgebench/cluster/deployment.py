@@ -22,7 +22,11 @@ from .transport import Replica, Request
 if TYPE_CHECKING:
     from .api import Cluster
 
-__all__ = ["Deployment"]
+__all__ = ["Deployment", "ROW_COLUMNS"]
+
+#: the columns of ``cl.deployments`` (one row per deployment, :meth:`Deployment.row`)
+ROW_COLUMNS = ["deployment", "model", "tenant", "replicas", "wanted", "workers", "inflight", "pending",
+               "submitted", "completed", "errors", "retried", "rejected", "p50_ms", "p99_ms", "rate"]
 
 
 class Deployment:
