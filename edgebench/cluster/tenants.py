@@ -12,11 +12,11 @@ requests keep their latency; ``priority`` (1 highest) orders requests waiting at
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .._ratelimit import TokenBucket
 from ..errors import ConfigError, QueueFullError
 
 __all__ = ["TenantLimits", "Tenants"]
@@ -49,8 +49,7 @@ class _State:
         self.inflight = 0
         self.admitted = 0
         self.refused = 0
-        self.tokens = float(limits.burst or max(1.0, limits.rate_limit_rps or 1.0))
-        self.stamp = time.monotonic()
+        self.bucket = TokenBucket(limits.rate_limit_rps, limits.burst) if limits.rate_limit_rps else None
 
 
 class Tenants:
@@ -93,16 +92,10 @@ class Tenants:
                 st.refused += 1
                 raise QueueFullError(f"tenant {name!r} has {st.inflight} requests in flight (its max_inflight)",
                                      "wait for answers before sending more, or raise the tenant's max_inflight")
-            if lim.rate_limit_rps is not None:
-                now = time.monotonic()
-                cap = float(lim.burst or max(1.0, lim.rate_limit_rps))
-                st.tokens = min(cap, st.tokens + (now - st.stamp) * lim.rate_limit_rps)
-                st.stamp = now
-                if st.tokens < 1.0:
-                    st.refused += 1
-                    raise QueueFullError(f"tenant {name!r} is over its rate limit of {lim.rate_limit_rps:g} requests/s",
-                                         "send more slowly, or raise the tenant's rate_limit_rps")
-                st.tokens -= 1.0
+            if st.bucket is not None and st.bucket.take():
+                st.refused += 1
+                raise QueueFullError(f"tenant {name!r} is over its rate limit of {lim.rate_limit_rps:g} requests/s",
+                                     "send more slowly, or raise the tenant's rate_limit_rps")
             st.inflight += 1
             st.admitted += 1
 

@@ -1,17 +1,21 @@
 """The worker side: a Dask ``WorkerPlugin`` that holds replicas and answers requests directly.
 
 Registered once with ``client.register_plugin``, Dask installs it on every worker that is
-there and on every worker that joins later (a nanny's replacement included).  It adds four
+there and on every worker that joins later (a nanny's replacement included).  It adds its
 handlers to the worker's own RPC server, so requests travel client -> worker over Dask's comm
 (TCP or TLS, Dask's serialization, Dask's connection pool) without passing through the
 scheduler:
 
 ``eb_load``     build a replica (an :class:`~edgebench.Engine`, optionally behind a
-                :class:`~edgebench.DynamicBatcher`) from model bytes, verified by SHA-256
+                :class:`~edgebench.DynamicBatcher`) from model bytes, verified by SHA-256;
+                without bytes, from the verified bytes this worker keeps (``need_bytes`` if none)
 ``eb_infer``    run a list of requests on a replica, return one result or error each
 ``eb_unload``   close a replica
-``eb_status``   the replicas on this worker, their counters, the process memory
-``eb_part``     run one part of a partitioned graph and forward to the next part's worker
+``eb_status``   the replicas on this worker (counters, worker-side p50/p99), the models kept,
+                the process memory
+``eb_load_part``, ``eb_part``, ``eb_unload_part``
+                load / run one part of a partitioned graph (forwarding to the next part's
+                worker) / unload it
 
 Fast models run on the worker's event loop (an inline call costs nothing); a replica whose
 mean run time is above ``INLINE_MS`` runs in its own thread so the loop keeps reading.

@@ -8,6 +8,11 @@ object                 widget
                        warm-up / run buttons
 ``BenchmarkReport``    :class:`~.views_report.ReportView`
 ``ProfileSession``     :class:`~.views_report.ProfileView`
+``OptimizeResult``...  :mod:`.views_optimize` (optimizer), :mod:`.views_serve`
+                       (batcher, server), :mod:`.views_graph` (compiled graph, stream)
+``Cluster``            :class:`~.views_cluster.ClusterView`: workers, deployments,
+                       rate / p99, events, kill a worker
+``Deployment``         :class:`~.views_cluster.DeploymentView`: replicas, counters
 =====================  ==========================================================
 
 Importing this module imports ipywidgets (and numpy); bokeh and anywidget are imported

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._ratelimit import TokenBucket
 from ..errors import ConfigError
 from .protocol import ProtocolError
 
@@ -162,10 +163,8 @@ class Tenant:
         self.inflight = 0  # requests at the model (queued in the batcher or running)
         self._waiters: deque = deque()
         self._rate = cfg.rate_limit_rps
-        self._burst = float(cfg.burst or (max(1.0, cfg.rate_limit_rps) if cfg.rate_limit_rps else 0))
-        self._tokens = self._burst
-        self._stamp = time.monotonic()
-        self._window_start = self._stamp
+        self._bucket = TokenBucket(cfg.rate_limit_rps, cfg.burst) if cfg.rate_limit_rps else None
+        self._window_start = time.monotonic()
         self._window_count = 0
         self._lock = threading.Lock()
 
@@ -183,15 +182,12 @@ class Tenant:
                     raise ProtocolError(429, f"tenant {self.name!r} has used its quota of {self.cfg.quota_requests} "
                                              f"requests per {self.cfg.quota_window_s:g} s",
                                         {"Retry-After": str(max(1, math.ceil(wait)))})
-            if self._rate is not None:
-                self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-                self._stamp = now
-                if self._tokens < 1.0:
-                    wait = (1.0 - self._tokens) / self._rate
+            if self._bucket is not None:
+                wait = self._bucket.take(now)
+                if wait:
                     raise ProtocolError(429, f"tenant {self.name!r} is over its rate limit of "
                                              f"{self._rate:g} requests/s",
                                         {"Retry-After": str(max(1, math.ceil(wait)))})
-                self._tokens -= 1.0
             self._window_count += 1
 
     @property
