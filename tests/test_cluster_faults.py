@@ -139,7 +139,10 @@ def test_dask_cli_scheduler_and_workers_with_resources(tmp_path, model, feeds):
                 by_address.close()
         finally:
             cl.close()
-            client.close()
+            n = len(cl.log)
+            cl._on_membership((0.0, {"action": "remove_worker", "worker": "tcp://127.0.0.1:9"}))
+            assert len(cl.log) == n  # the client lives on: a late event does not reach a closed cluster
+            client.shutdown()  # scheduler and workers stop at once (SIGTERM can take seconds)
     finally:
         for p in procs[::-1]:
             p.terminate()

@@ -142,6 +142,8 @@ class Cluster:
                 self.log.add("repair_failed", detail=f"{type(e).__name__}: {e}")
 
     def _on_membership(self, event: Any) -> None:
+        if self.closed:  # the client may outlive this cluster: its events are not ours any more
+            return
         _, msg = event
         if msg.get("action") == "remove_worker":
             self.controller.worker_left(msg["worker"])
@@ -354,7 +356,7 @@ class Cluster:
                 self._sync(self.controller.undeploy(dep), timeout=30)
             except Exception:
                 pass
-        self.closed = True
+        self.closed = True  # a client that lives on still gets membership events: ignored now
         if self._own_client:
             self.client.close()
         if getattr(self, "_owns_dask_cluster", False):
