@@ -79,7 +79,6 @@ class Cluster:
         self._loop_thread: int | None = None
         self._tasks: set[asyncio.Task] = set()
         self._deployments: dict[str, Deployment] = {}
-        self._bytes: dict[str, bytes] = {}
         self._adaptive = None
         self.log = EventLog()
         self.tenants = Tenants(tenants)
@@ -162,12 +161,6 @@ class Cluster:
             raise ClusterError("a blocking cluster call was made from the cluster's own event loop",
                                "call it from another thread")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def _model_bytes(self, dep: Deployment) -> bytes:
-        sha = dep.model.sha256
-        if sha not in self._bytes:
-            self._bytes[sha] = dep.model.to_bytes()
-        return self._bytes[sha]
 
     # -- deploying ---------------------------------------------------------------------------
     def deploy(self, model: Any, replicas: int = 1, resources: Mapping[str, float] | None = None,

@@ -89,7 +89,7 @@ class Controller:
                       batching=dep.batching)
             reply = await load(model=None, **kw)  # the worker may hold these bytes already
             if reply.get("status") == "need_bytes":
-                reply = await load(model=self.cluster._model_bytes(dep), **kw)
+                reply = await load(model=dep.model.to_bytes(), **kw)
         except Exception as e:
             dep.replicas.remove(rep)
             raise ClusterError(f"could not load {dep.name!r} on {node.address}: {type(e).__name__}: {e}") from e

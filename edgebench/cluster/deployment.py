@@ -15,7 +15,7 @@ from collections import deque
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ClusterError, NoReplicaError, QueueFullError, RequestTimeoutError
+from ..errors import ClusterError, NoReplicaError, QueueFullError
 from . import policy
 from .transport import Replica, Request
 
@@ -75,7 +75,6 @@ class Deployment:
         self._validate = FeedValidator(model.inputs)
         self._rng = random.Random(0)
         self._loop = cluster._loop
-        self._seq = 0
         self._inbox: deque[Request] = deque()  # submitted, not yet routed (deque ops are atomic)
         self._woken = False
         self._dirty: set | None = None  # replicas pushed to during _drain_inbox

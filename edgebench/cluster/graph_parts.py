@@ -38,13 +38,9 @@ class _PartRunner:
         self.send = send
 
     def run(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        from ..graph.executor import run_node
+        from .partition import run_steps
 
-        have = dict(self.constants)
-        have.update(values)
-        for node, engine in self.steps:
-            have.update(run_node(node, {t: have[t] for t in node.input_tensors}, engine))
-        return {t: have[t] for t in self.send}
+        return run_steps(self.steps, {**self.constants, **values}, self.send)
 
     def close(self) -> None:
         for _, engine in self.steps:

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import ConfigError, GraphError
 
-__all__ = ["PartitionPlan", "partition_costs", "partition_graph", "profile_graph", "run_part"]
+__all__ = ["PartitionPlan", "partition_costs", "partition_graph", "profile_graph", "run_part", "run_steps"]
 
 _TOL = 1e-9
 
@@ -294,6 +294,21 @@ def partition_graph(cg: Any, feeds: Mapping[str, Any], k: int | str = "auto", **
                            step_names=[s.node.name for s in steps], constants=list(cg.constants), **kw)
 
 
+def run_steps(steps: Sequence[tuple[Any, Any]], have: dict[str, Any], send: Sequence[str],
+              where: str = "part") -> dict[str, Any]:
+    """Run ``(node, engine)`` steps in order on ``have`` (tensor -> array, updated in place)
+    and return the tensors in ``send``: one part of a plan, here or on a worker."""
+    from ..graph.executor import run_node
+
+    for node, engine in steps:
+        missing = [t for t in node.input_tensors if t not in have]
+        if missing:
+            raise GraphError(f"{where}: step {node.name!r} needs {missing}, which the part was not given",
+                             "pass part 0 the feeds and part i the tensors of plan.cuts[i - 1]")
+        have.update(run_node(node, {t: have[t] for t in node.input_tensors}, engine))
+    return {t: have[t] for t in send}
+
+
 def run_part(cg: Any, plan: PartitionPlan, index: int, values: Mapping[str, Any]) -> dict[str, Any]:
     """Run part ``index`` of ``plan`` on ``values`` and return what it sends on.
 
@@ -301,17 +316,8 @@ def run_part(cg: Any, plan: PartitionPlan, index: int, values: Mapping[str, Any]
     of ``plan.cuts[i - 1]``.  Returns ``plan.cuts[index]``'s tensors, or the graph outputs for
     the last part.
     """
-    from ..graph.executor import run_node
-
     have: dict[str, Any] = dict(cg.constants) if index == 0 else {}
     have.update(values)
-    for i in plan.parts[index]:
-        step = cg.steps[i]
-        node = step.node
-        missing = [t for t in node.input_tensors if t not in have]
-        if missing:
-            raise GraphError(f"part {index}: step {node.name!r} needs {missing}, which the part was not given",
-                             "pass part 0 the feeds and part i the tensors of plan.cuts[i - 1]")
-        have.update(run_node(node, {t: have[t] for t in node.input_tensors}, step.engine))
     send = plan.cuts[index] if index < len(plan.cuts) else list(cg.outputs)
-    return {t: have[t] for t in send}
+    return run_steps([(cg.steps[i].node, cg.steps[i].engine) for i in plan.parts[index]], have, send,
+                     f"part {index}")

@@ -107,7 +107,6 @@ class Replica:
         self.pipeline = pipeline
         self.healthy = False  # True once loaded
         self.draining = False
-        self.speed = 1.0
         self.outstanding = 0
         self.sent = 0
         self.answered = 0
@@ -116,7 +115,6 @@ class Replica:
         self._queue: list[Request] = []
         self._senders = 0  # messages in flight to the worker
         self._flush_pending = False
-        self.created = time.time()
 
     # -- queueing ---------------------------------------------------------------------------
     def push(self, req: Request) -> None:

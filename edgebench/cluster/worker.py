@@ -33,7 +33,7 @@ from typing import Any
 from distributed import WorkerPlugin
 from .wire import pack, unpack
 
-__all__ = ["EdgebenchWorker", "INLINE_MS", "pack_error", "serialize_outputs"]
+__all__ = ["EdgebenchWorker", "INLINE_MS", "pack_error"]
 
 #: replicas faster than this (mean ms per request) run inline on the worker's event loop
 INLINE_MS = 1.0
@@ -44,10 +44,6 @@ BLOB_CACHE_BYTES = 512 << 20
 def pack_error(e: BaseException) -> list:
     """An exception as ``[class name, message, hint]`` (rebuilt on the client)."""
     return [type(e).__name__, getattr(e, "message", str(e)), getattr(e, "hint", None)]
-
-
-def serialize_outputs(outs: dict[str, Any]) -> dict[str, Any]:
-    return pack(outs)
 
 
 class _Replica:
@@ -83,7 +79,7 @@ class _Replica:
                 try:
                     if isinstance(f, BaseException):
                         raise f
-                    out.append({"o": serialize_outputs(f.result())})
+                    out.append({"o": pack(f.result())})
                 except Exception as e:
                     self.errors += 1
                     out.append({"e": pack_error(e)})
@@ -91,7 +87,7 @@ class _Replica:
             run = self.engine.run
             for f in feeds:
                 try:
-                    out.append({"o": serialize_outputs(run(unpack(f)))})
+                    out.append({"o": pack(run(unpack(f)))})
                 except Exception as e:
                     self.errors += 1
                     out.append({"e": pack_error(e)})
@@ -239,9 +235,9 @@ class EdgebenchWorker(WorkerPlugin):
         except Exception as e:
             return {"status": "error", "error": pack_error(e)}
         if len(route) == 1:
-            return {"status": "OK", "values": serialize_outputs(outs)}
+            return {"status": "OK", "values": pack(outs)}
         _next_id, next_addr = route[1]
-        return await self.worker.rpc(next_addr).eb_part(route=route[1:], values=serialize_outputs(outs))
+        return await self.worker.rpc(next_addr).eb_part(route=route[1:], values=pack(outs))
 
 
 def _build(replica: str, deployment: str, model: bytes, name: str, backend: str | None, device: str,
