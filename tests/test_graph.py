@@ -80,7 +80,7 @@ def test_step_starts_as_soon_as_its_inputs_are_ready():
     t0 = time.perf_counter()
     out = cg.run({"x": 1})
     assert out == {"s": 1, "g": 1}
-    assert started["t"] - t0 < 0.2
+    assert started["t"] - t0 < 0.3  # the slow branch takes 0.4 s
 
 
 def test_submit_caps_requests_in_flight():

@@ -42,7 +42,10 @@ def _failing_model():
 
 def _check_common(r, engine, before_total):
     assert r.duration_s >= 0.5
-    assert r.duration_s <= 1.0 + 0.5  # max_duration_s (2 x duration) plus a window and the drain
+    # max_duration_s (2 x duration) plus the drain of what is already queued: offline keeps about
+    # 0.2 s of work queued, which takes longer when CI shares the cores.  A run that ignored
+    # max_duration_s and kept issuing would blow through this.
+    assert r.duration_s <= 1.0 + 1.0
     assert len(r.queries) >= 100
     assert (r.queries[:, 6] == OK).all()
     # warm-up requests are not in the report; no request is counted twice
