@@ -39,7 +39,8 @@ def _one_line_error(err: str, *needles: str) -> None:
 # entry point, --help, import weight
 # --------------------------------------------------------------------------------------------
 def test_console_script_runs_info_json():
-    exe = shutil.which("edgebench")
+    # the script installed beside this interpreter (a venv's), else the one on PATH
+    exe = shutil.which("edgebench", path=os.path.dirname(sys.executable)) or shutil.which("edgebench")
     if exe is None:
         pytest.skip("the edgebench console script is not installed (pip install -e .)")
     out = subprocess.run([exe, "info", "--json"], capture_output=True, text=True, timeout=120, check=False)

@@ -128,6 +128,8 @@ def start_lab(root_dir: Path, home: Path, extra_env: dict | None = None,
         "JUPYTERLAB_WORKSPACES_DIR": str(dirs["workspaces"]),
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
         "PYTHONUNBUFFERED": "1",
+        # kernel specs say "python": make that the interpreter running the tests (a venv's)
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")]),
     })
     env.pop("JUPYTER_TOKEN", None)
     env.update(extra_env or {})
