@@ -3,7 +3,8 @@
 zoo mobilenet (MobileNetV2, 224x224, batch 1), one intra-op thread per replica, a LocalCluster
 of worker processes on 127.0.0.1; the client keeps 32 requests in flight (closed loop: a new
 request the moment any is answered) for a fixed time, in alternating rounds of the two layouts
-(each a cluster of its own).
+(each a cluster of its own).  Large tensors reach same-host workers through shared memory
+(the default); the same layouts over TCP only (``shm=False``) are measured beside them.
 
 Target: 2 workers / 1 worker >= 1.7x.  On a 2-core machine the client shares the cores with
 the workers; the machine's own two-process ceiling is measured in the same run (two raw
@@ -84,17 +85,25 @@ def main() -> int:
         one = pool.submit(raw_rate, path, 3.0).result()
         two = sum(f.result() for f in [pool.submit(raw_rate, path, 3.0) for _ in range(2)])
     ceiling = two / one
-    rates: dict[int, list[float]] = {1: [], 2: []}
+    rates: dict[tuple[int, bool], list[float]] = {(n, shm): [] for n in (1, 2) for shm in (True, False)}
+    transports = set()
     for rnd in range(2):
-        for n in ((1, 2) if rnd % 2 == 0 else (2, 1)):
-            with eb.Cluster.local(n_workers=n) as cl:
-                dep = cl.deploy(m, replicas=n)
-                closed_loop(dep, x, 1.0)  # warm-up
-                rates[n].append(closed_loop(dep, x, SECONDS))
-    r1, r2 = float(np.median(rates[1])), float(np.median(rates[2]))
+        for shm in (True, False):
+            for n in ((1, 2) if rnd % 2 == 0 else (2, 1)):
+                with eb.Cluster.local(n_workers=n, shm=shm) as cl:
+                    dep = cl.deploy(m, replicas=n)
+                    closed_loop(dep, x, 1.0)  # warm-up
+                    rates[n, shm].append(closed_loop(dep, x, SECONDS if shm else SECONDS / 2))
+                    transports.add((shm, dep.row()["transport"]))
+    med = {k: float(np.median(v)) for k, v in rates.items()}
     print(f"   raw onnxruntime, 1 process {one:8.1f} req/s, 2 processes {two:8.1f} req/s: ceiling {ceiling:.2f}x")
-    print(f"   cluster 1 worker  {r1:8.1f} req/s   (rounds: {', '.join(f'{r:.1f}' for r in rates[1])})")
-    print(f"   cluster 2 workers {r2:8.1f} req/s   (rounds: {', '.join(f'{r:.1f}' for r in rates[2])})")
+    for shm in (True, False):
+        how = dict(transports)[shm]
+        for n in (1, 2):
+            print(f"   cluster {n} worker{'s' if n > 1 else ' '} ({how}) {med[n, shm]:8.1f} req/s   "
+                  f"(rounds: {', '.join(f'{r:.1f}' for r in rates[n, shm])})")
+    print(f"   over TCP only: 2 workers / 1 worker = {med[2, False] / med[1, False]:.2f}x")
+    r1, r2 = med[1, True], med[2, True]
     ratio = r2 / r1
     ok = ratio >= 1.7
     print(f"   2 workers / 1 worker = {ratio:.2f}x  (target >= 1.70: {verdict(ok)}; "

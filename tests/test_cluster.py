@@ -34,6 +34,45 @@ def feeds(model):
     return [{"x": rng.standard_normal((1, 32)).astype(np.float32)} for _ in range(40)]
 
 
+def wide_model(width=32768):
+    """x[batch, width] (128 KB a row: shared memory) and s[batch, 4] (inline) -> Relu(x), Neg(s)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgebench import Model
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["s"], ["t"])], "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width]),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width]),
+         helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch", 4])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(proto)
+    return Model(proto.SerializeToString(), name="wide", source="generated", proto=proto)
+
+
+def wide_feeds(n, seed=0, width=32768):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, width)).astype(np.float32),
+             "s": rng.standard_normal((1, 4)).astype(np.float32)} for _ in range(n)]
+
+
+def shm_files():
+    import os
+
+    return [f for f in os.listdir("/dev/shm") if f.startswith(f"edgebench-{os.getpid()}-")]
+
+
+def worker_maps(cl):
+    import asyncio
+
+    async def statuses():
+        return {w: (await cl.client.rpc(w).eb_status())["shm_segments"] for w in cl.worker_addresses()}
+
+    return asyncio.run_coroutine_threadsafe(statuses(), cl._loop).result(10)
+
+
 def local(model, feeds):
     from edgebench import Engine
 
@@ -95,6 +134,71 @@ def test_a_worker_loads_a_models_bytes_once(cl, model, feeds):
                    for f, r in zip([dep.submit(x) for x in feeds], local(model, feeds)))
     finally:
         dep.undeploy()
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/dev/shm"), reason="no /dev/shm on this OS")
+def test_large_tensors_travel_through_shared_memory(cl):
+    model, feeds = wide_model(), wide_feeds(48)
+    dep = cl.deploy(model, replicas=2, name="wide")
+    try:
+        outs = [f.result(30) for f in [dep.submit(x) for x in feeds]]  # many in flight: batches
+        for o, x in zip(outs, feeds):
+            np.testing.assert_array_equal(o["y"], np.maximum(x["x"], 0))
+            np.testing.assert_array_equal(o["t"], -x["s"])
+        assert all(r.transport == "shm" for r in dep.replicas)
+        assert dep.row()["transport"] == "shm"
+        assert "shm_on" in set(cl.events.kind)
+        held = worker_maps(cl)
+        # one segment per message in flight, per replica, no more; none left named in /dev/shm
+        assert 1 <= sum(held.values()) <= 2 * len(dep.replicas), held
+        assert shm_files() == []
+        # bigger messages than the first segment holds: it is replaced, the worker unmaps the old
+        big = wide_feeds(40, seed=1, width=65536)
+        dep2 = cl.deploy(wide_model(65536), replicas=1, name="wider")
+        outs = [f.result(30)["y"] for f in [dep2.submit(x) for x in big]]
+        assert all(np.array_equal(o, np.maximum(x["x"], 0)) for o, x in zip(outs, big))
+        dep2.undeploy()
+    finally:
+        dep.undeploy()
+    assert sum(worker_maps(cl).values()) == 0  # undeploy unmaps every segment
+
+
+def test_shared_memory_off_keeps_to_tcp():
+    from edgebench.cluster import Cluster
+
+    model, feeds = wide_model(), wide_feeds(8)
+    with Cluster.local(n_workers=1, shm=False) as c:
+        dep = c.deploy(model, replicas=1)
+        outs = [f.result(30)["y"] for f in [dep.submit(x) for x in feeds]]
+        assert all(np.array_equal(o, np.maximum(x["x"], 0)) for o, x in zip(outs, feeds))
+        assert dep.replicas[0].transport == "tcp" and sum(worker_maps(c).values()) == 0
+
+
+def test_a_worker_refuses_a_segment_that_is_not_the_clients(cl, model):
+    """What a worker on another host sees: the name does not exist, or holds other bytes."""
+    import asyncio
+
+    from edgebench.cluster.shm import Segment
+
+    seg = Segment(1 << 20)
+    try:
+        seg.token()
+        w = cl.worker_addresses()[0]
+
+        async def attach(**kw):
+            return await cl.client.rpc(w).eb_shm_attach(replica="nobody", key=seg.key, size=seg.size, **kw)
+
+        def call(**kw):
+            return asyncio.run_coroutine_threadsafe(attach(**kw), cl._loop).result(10)
+
+        r = call(path=seg.path, token=b"not the token 16")
+        assert r["status"] == "error" and "another host" in r["error"]
+        r = call(path=seg.path + "-missing", token=seg.token())
+        assert r["status"] == "error" and "FileNotFoundError" in r["error"]
+        assert worker_maps(cl)[w] == 0
+    finally:
+        seg.close()
+    assert shm_files() == []
 
 
 def test_bad_requests_fail_fast_and_clearly(cl, model, feeds):

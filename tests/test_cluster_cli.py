@@ -31,6 +31,19 @@ def test_cluster_run_deploys_loads_and_survives_a_kill(tmp_path):
     assert out["deployments"][0]["errors"] == 0
 
 
+@pytest.mark.slow
+def test_cluster_run_large_tensors_by_shared_memory_or_not(tmp_path):
+    from .test_cluster import wide_model
+
+    path = tmp_path / "wide.onnx"
+    wide_model().save(path)
+    for flags, how in [((), "shm"), (("--no-shm",), "tcp")]:
+        r = cli("run", str(path), "--workers", "1", "--seconds", "1", *flags, "--json")
+        assert r.returncode == 0, r.stderr[-2000:]
+        out = json.loads(r.stdout)
+        assert out["errors"] == [] and out["deployments"][0]["transport"] == how, out["deployments"]
+
+
 def test_cluster_simulate_prints_the_scale_table():
     r = cli("simulate", "--sizes", "10,30", "--json")
     assert r.returncode == 0, r.stderr[-2000:]

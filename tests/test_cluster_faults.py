@@ -13,7 +13,7 @@ import pytest
 
 from edgebench.graph.dags import linear_model
 
-from .test_cluster import hammer, local
+from .test_cluster import hammer, local, shm_files, wide_feeds, wide_model
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +30,14 @@ def feeds():
     return [{"x": rng.standard_normal((1, 32)).astype(np.float32)} for _ in range(40)]
 
 
+@pytest.fixture(scope="module", params=["small", "shm"])
+def case(request, model, feeds):
+    """(model, feeds): small inline tensors, or 128 KB ones that travel through shared memory."""
+    if request.param == "small":
+        return model, feeds
+    return wide_model(), wide_feeds(40)
+
+
 def wait_for(cond, timeout=30.0, step=0.1):
     end = time.time() + timeout
     while time.time() < end:
@@ -39,9 +47,10 @@ def wait_for(cond, timeout=30.0, step=0.1):
     return False
 
 
-def test_kill_9_under_load_loses_nothing_and_the_replica_comes_back(model, feeds):
+def test_kill_9_under_load_loses_nothing_and_the_replica_comes_back(case):
     from edgebench.cluster import Cluster
 
+    model, feeds = case
     with Cluster.local(n_workers=2) as cl:
         dep = cl.deploy(model, replicas=2)
         results, errors = [], []
@@ -59,8 +68,10 @@ def test_kill_9_under_load_loses_nothing_and_the_replica_comes_back(model, feeds
         kinds = list(cl.events.kind)
         assert "replica_lost" in kinds and "worker_left" in kinds and "worker_joined" in kinds
         assert kinds.index("replica_lost") > kinds.index("worker_killed")
+        assert ("shm_on" in kinds) == (model.name == "wide")  # the large tensors took shared memory
         row = cl.deployments.iloc[0]
         assert row.errors == 0 and row.completed == len(results)
+    assert shm_files() == []
 
 
 def test_autoscale_up_under_load_and_down_when_idle(model):
@@ -206,11 +217,12 @@ def test_stream_through_a_cluster_stage_survives_a_worker_kill(model, feeds):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_a_hung_worker_times_out_and_its_requests_go_elsewhere(model, feeds):
+def test_a_hung_worker_times_out_and_its_requests_go_elsewhere(case):
     """SIGSTOP (not kill): the connection stays open but nothing answers; requests time out,
     are answered by the other replica, and the replica is re-created there."""
     import signal
 
+    model, feeds = case
     from edgebench import Cluster
 
     with Cluster.local(n_workers=2) as cl:
@@ -230,3 +242,4 @@ def test_a_hung_worker_times_out_and_its_requests_go_elsewhere(model, feeds):
             assert all(r.worker != victim for r in dep.replicas)
         finally:
             os.kill(pid, signal.SIGCONT)
+    assert shm_files() == []

@@ -40,6 +40,10 @@ class Cluster:
         Seconds between the controller's repair passes.
     timeout
         Seconds to wait for the scheduler when connecting to an address.
+    shm
+        Send large tensors (>= 64 KB) to workers on this host through shared memory instead
+        of TCP (found out per replica; workers elsewhere keep to TCP).  See
+        :mod:`edgebench.cluster.shm`.
 
     Examples
     --------
@@ -49,9 +53,11 @@ class Cluster:
     """
 
     def __init__(self, address: Any, *, security: Any = None, tenants: Mapping[str, Any] | None = None,
-                 interval: float = 1.0, timeout: float = 10.0):
+                 interval: float = 1.0, timeout: float = 10.0, shm: bool = True):
         from distributed import Client
 
+        #: send large tensors to workers on this host through shared memory (see cluster.shm)
+        self.shm = bool(shm)
         self._own_client = False
         self._dask_cluster = None
         if isinstance(address, Client):
@@ -98,7 +104,7 @@ class Cluster:
     def local(cls, n_workers: int = 2, threads_per_worker: int = 1, *, memory_limit: str | int = "auto",
               resources: Mapping[str, float] | None = None, processes: bool = True,
               tenants: Mapping[str, Any] | None = None, security: Any = None, dashboard: bool = False,
-              **kwargs: Any) -> Cluster:
+              shm: bool = True, **kwargs: Any) -> Cluster:
         """Start a ``LocalCluster`` of worker processes on 127.0.0.1 and connect to it.
 
         Scripts that call this need ``if __name__ == "__main__":`` (the workers are new
@@ -120,7 +126,7 @@ class Cluster:
                           dashboard_address="127.0.0.1:0" if dashboard else None, security=security,
                           protocol="tls" if security is not None else None, **kwargs)
         try:
-            self = cls(lc, security=security, tenants=tenants)
+            self = cls(lc, security=security, tenants=tenants, shm=shm)
         except BaseException:
             lc.close()
             raise

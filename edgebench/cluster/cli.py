@@ -36,6 +36,9 @@ def add_cluster_command(sub: Any) -> None:
     r.add_argument("--inflight", type=int, default=8, help="requests kept in flight per model (default 8)")
     r.add_argument("--kill-after", type=float, default=None, metavar="S",
                    help="SIGKILL one worker process after S seconds (local cluster only)")
+    r.add_argument("--no-shm", dest="shm", action="store_false",
+                   help="send every tensor over TCP, even to workers on this host (default: large "
+                        "tensors through shared memory where the worker can map it)")
     r.add_argument("--json", action="store_true", help="print JSON instead of tables")
     r.set_defaults(func=cmd_run)
     s = cs.add_parser("simulate", help="the synthetic testbed: p99, balance and placement time vs fleet size")
@@ -79,7 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.kill_after is not None and args.scheduler:
         raise ConfigError("--kill-after kills a worker of the local cluster only", "drop --scheduler")
     models = [load_model_arg(m) for m in args.models]
-    cl = Cluster(args.scheduler) if args.scheduler else Cluster.local(n_workers=args.workers)
+    cl = Cluster(args.scheduler, shm=args.shm) if args.scheduler else Cluster.local(n_workers=args.workers,
+                                                                                     shm=args.shm)
     try:
         n = args.replicas or max(1, len(cl.worker_addresses()))
         deps = [cl.deploy(m, replicas=n, name=m.name if [x.name for x in models].count(m.name) == 1
@@ -100,10 +104,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print(f"{len(cl.worker_addresses())} workers, {sum(done)} requests answered in {wall:.1f} s, "
                   f"{len(errors)} failed")
-            print(text_table(["deployment", "replicas", "answered", "req/s", "p50 ms", "p99 ms", "retried", "errors"],
-                             [[r["deployment"], f"{r['replicas']}/{r['wanted']}", d, f"{d / wall:.0f}",
+            print(text_table(["deployment", "replicas", "tensors by", "answered", "req/s", "p50 ms", "p99 ms",
+                              "retried", "errors"],
+                             [[r["deployment"], f"{r['replicas']}/{r['wanted']}", r["transport"], d, f"{d / wall:.0f}",
                                _ms(r["p50_ms"]), _ms(r["p99_ms"]), r["retried"], r["errors"]]
-                              for r, d in zip(rows, done)], right=range(1, 8)))
+                              for r, d in zip(rows, done)], right=[1, *range(3, 9)]))
             ev = [e for e in cl.log.list() if e["kind"] not in ("replica_started",)]
             print("events: " + ", ".join(e["kind"] for e in ev))
         return 1 if errors else 0

@@ -123,6 +123,7 @@ class Controller:
         rep.healthy = False
 
     async def _unload(self, rep: Replica) -> None:
+        rep.close()
         try:
             await asyncio.wait_for(self.cluster.client.rpc(rep.worker).eb_unload(replica=rep.rid), 10)
         except Exception:  # the worker is gone: nothing left to unload

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["Deployment", "ROW_COLUMNS"]
 
 #: the columns of ``cl.deployments`` (one row per deployment, :meth:`Deployment.row`)
-ROW_COLUMNS = ["deployment", "model", "tenant", "replicas", "wanted", "workers", "inflight", "pending",
+ROW_COLUMNS = ["deployment", "model", "tenant", "replicas", "wanted", "workers", "transport", "inflight", "pending",
                "submitted", "completed", "errors", "retried", "rejected", "p50_ms", "p99_ms", "rate"]
 
 
@@ -166,6 +166,7 @@ class Deployment:
         """The connection to ``rep`` broke: retry what it held elsewhere, have it re-created."""
         was_healthy = rep.healthy
         rep.healthy = False
+        rep.close()
         again = batch + rep.take_queued()
         if was_healthy:
             self.cluster.log.add("replica_lost", deployment=self.name, replica=rep.rid, worker=rep.worker,
@@ -199,6 +200,7 @@ class Deployment:
         return {"deployment": self.name, "model": self.model.name, "tenant": self.tenant,
                 "replicas": sum(r.healthy for r in self.replicas), "wanted": self.wanted,
                 "workers": ", ".join(sorted({r.worker for r in self.replicas if r.healthy})),
+                "transport": "/".join(sorted({r.transport for r in self.replicas if r.healthy})),
                 "inflight": self.inflight, "pending": len(self.pending), "submitted": self.submitted,
                 "completed": self.completed, "errors": self.errors, "retried": self.retried,
                 "rejected": self.rejected, **lat}

@@ -5,7 +5,9 @@ with one ``call_soon_threadsafe`` from the caller's thread, waits in its replica
 (ordered by priority, then arrival), and leaves in a message to the worker holding the replica
 (Dask's own comm, from the client's connection pool).  When several requests are waiting they
 share one message (up to ``max_batch``), and at most ``pipeline`` messages are in flight to a
-replica, so a busy replica is fed without a gap and an idle one costs one round trip.
+replica, so a busy replica is fed without a gap and an idle one costs one round trip.  When the
+worker shares this host's memory, a message's large arrays travel through a shared-memory
+segment (:mod:`.shm`) and the message carries only where they are.
 
 A request is answered exactly once: :meth:`Request.resolve` ignores a second answer.  When the
 comm to a worker breaks, every request it carried goes back to the deployment for a retry on
@@ -24,6 +26,7 @@ from distributed.comm.core import CommClosedError
 
 from .. import errors as _errors
 from ..errors import EdgebenchError, InferenceError
+from .shm import SegmentPool, place, shm_bytes
 from .wire import pack, unpack
 
 if TYPE_CHECKING:
@@ -112,6 +115,10 @@ class Replica:
         self.answered = 0
         self.failed = 0
         self.pid: int | None = None
+        #: large arrays through shared memory: None until tried, then True or False
+        self.shm: bool | None = None if deployment.cluster.shm else False
+        self._segments = SegmentPool()
+        self._attached: set[str] = set()  # segment keys the worker has mapped
         self._queue: list[Request] = []
         self._senders = 0  # messages in flight to the worker
         self._flush_pending = False
@@ -155,13 +162,64 @@ class Replica:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def transport(self) -> str:
+        """How large arrays reach the worker: ``"shm"``, ``"tcp"``, or ``"?"`` until tried."""
+        return {True: "shm", False: "tcp", None: "?"}[self.shm]
+
+    def close(self) -> None:
+        """Unmap the client's shared-memory segments (the replica is gone)."""
+        self._segments.close()
+
+    async def _encode(self, batch: list[Request]) -> tuple[list[dict], Any]:
+        """The message's feeds, and the segment holding its large arrays (None: all inline)."""
+        feeds = [r.feeds for r in batch]
+        need = shm_bytes(feeds) if self.shm is not False else 0
+        if need:
+            try:
+                seg, dropped = self._segments.take(need)
+            except OSError as e:  # /dev/shm is full or absent: this message goes by TCP
+                self._shm_off(f"cannot allocate {need >> 10} KiB of shared memory: {e}")
+                return [pack(f) for f in feeds], None
+            self._attached.difference_update(dropped)
+            if seg.key not in self._attached:
+                try:
+                    reply = await self.deployment.cluster.client.rpc(self.worker).eb_shm_attach(
+                        replica=self.rid, key=seg.key, path=seg.path, size=seg.size, token=seg.token(),
+                        drop=dropped)
+                except BaseException:  # the worker is gone or hung: the message is retried elsewhere
+                    seg.close()
+                    raise
+                seg.unlink()  # mapped on both sides (or refused): the name is not needed any more
+                if reply.get("status") != "OK":
+                    seg.close()
+                    self._shm_off(f"the worker cannot map this host's shared memory ({reply.get('error')})")
+                    return [pack(f) for f in feeds], None
+                self._attached.add(seg.key)
+                if self.shm is None:
+                    self.shm = True
+                    self.deployment.cluster.log.add("shm_on", deployment=self.deployment.name, replica=self.rid,
+                                                    worker=self.worker, detail="large tensors through shared memory")
+            return place(seg, feeds), seg
+        return [pack(f) for f in feeds], None
+
+    def _shm_off(self, why: str) -> None:
+        self.shm = False
+        self._segments.close()
+        self.deployment.cluster.log.add("shm_off", deployment=self.deployment.name, replica=self.rid,
+                                        worker=self.worker, detail=f"{why}; using TCP")
+
     async def _send(self, batch: list[Request]) -> None:
         self.sent += len(batch)
+        seg = None
+        answered = False
         try:
             try:
                 async with _timeout(self.deployment.timeout_s):
+                    feeds, seg = await self._encode(batch)
                     reply = await self.deployment.cluster.client.rpc(self.worker).eb_infer(
-                        replica=self.rid, feeds=[pack(r.feeds) for r in batch])
+                        replica=self.rid, feeds=feeds)
+                answered = True
             except asyncio.TimeoutError:  # a hung worker (before OSError: TimeoutError is one)
                 self.outstanding -= len(batch)
                 self.deployment.replica_lost(
@@ -190,6 +248,11 @@ class Replica:
                     self.failed += 1
                     self.deployment.finish(r, None, rebuild_error(res["e"]))
         finally:
+            if seg is not None:  # reused only once the worker has answered (it no longer reads it)
+                if answered:
+                    self._segments.give(seg)
+                else:
+                    seg.close()
             self._senders -= 1
             if self._queue and self.healthy:
                 self._schedule_flush()
@@ -199,4 +262,4 @@ class Replica:
         state = "healthy" if self.healthy else "down"
         if self.draining:
             state += ", draining"
-        return f"Replica({self.rid!r} on {self.worker}, {state}, outstanding={self.outstanding})"
+        return f"Replica({self.rid!r} on {self.worker}, {state}, {self.transport}, outstanding={self.outstanding})"

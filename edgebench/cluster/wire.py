@@ -29,14 +29,19 @@ def pack(arrays: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def unpack(msg: dict[str, Any], writable: bool = False) -> dict[str, Any]:
+def unpack(msg: dict[str, Any], writable: bool = False, maps: dict | None = None) -> dict[str, Any]:
     """The arrays of a message; ``writable`` copies small ones out of the message buffer
-    (what a user is handed), otherwise they are read-only views (what a model reads)."""
+    (what a user is handed), otherwise they are read-only views (what a model reads).
+    ``maps`` are the shared-memory segments a worker has mapped (see :mod:`.shm`)."""
     out = {}
     for k, v in msg.items():
         if isinstance(v, (list, tuple)) and len(v) == 3 and isinstance(v[2], (bytes, bytearray, memoryview)):
             a = np.frombuffer(v[2], dtype=np.dtype(v[0])).reshape(v[1])
             out[k] = a.copy() if writable else a
+        elif maps is not None and isinstance(v, (list, tuple)) and len(v) == 5 and v[0] == "shm":
+            from .shm import view
+
+            out[k] = view(maps, v)
         else:
             out[k] = v
     return out

@@ -10,7 +10,8 @@ scheduler:
                 :class:`~edgebench.DynamicBatcher`) from model bytes, verified by SHA-256;
                 without bytes, from the verified bytes this worker keeps (``need_bytes`` if none)
 ``eb_infer``    run a list of requests on a replica, return one result or error each
-``eb_unload``   close a replica
+``eb_unload``   close a replica (and unmap its shared-memory segments)
+``eb_shm_attach``  map a client's shared-memory segment for a replica (see :mod:`.shm`)
 ``eb_status``   the replicas on this worker (counters, worker-side p50/p99), the models kept,
                 the process memory
 ``eb_load_part``, ``eb_part``, ``eb_unload_part``
@@ -50,6 +51,7 @@ class _Replica:
     """One model replica on this worker."""
 
     def __init__(self, rid: str, deployment: str, engine: Any, batcher: Any):
+        self.maps: dict[str, Any] = {}  # the worker's shared-memory maps, set by EdgebenchWorker
         self.rid = rid
         self.deployment = deployment
         self.engine = engine
@@ -72,7 +74,7 @@ class _Replica:
             futs = []
             for f in feeds:
                 try:
-                    futs.append(self.batcher.submit(unpack(f)))
+                    futs.append(self.batcher.submit(unpack(f, maps=self.maps)))
                 except Exception as e:  # refused at once (queue full, bad input)
                     futs.append(e)
             for f in futs:
@@ -87,7 +89,7 @@ class _Replica:
             run = self.engine.run
             for f in feeds:
                 try:
-                    out.append({"o": pack(run(unpack(f)))})
+                    out.append({"o": pack(run(unpack(f, maps=self.maps)))})
                 except Exception as e:
                     self.errors += 1
                     out.append({"e": pack_error(e)})
@@ -134,7 +136,10 @@ class EdgebenchWorker(WorkerPlugin):
         self.parts: dict[str, Any] = {}
         self.blobs: OrderedDict[str, bytes] = OrderedDict()  # verified model bytes by SHA-256
         self.cache_hits = 0
+        self.maps: dict[str, Any] = {}  # shared-memory segments by key
+        self.map_keys: dict[str, set[str]] = {}  # replica -> its segments' keys
         worker.handlers.update({"eb_load": self.load, "eb_infer": self.infer, "eb_unload": self.unload,
+                                "eb_shm_attach": self.shm_attach,
                                 "eb_status": self.status, "eb_load_part": self.load_part, "eb_part": self.run_part,
                                 "eb_unload_part": self.unload_part})
         worker.extensions["edgebench"] = self
@@ -146,6 +151,8 @@ class EdgebenchWorker(WorkerPlugin):
         for p in list(self.parts.values()):
             p.close()
         self.parts.clear()
+        for rid in list(self.map_keys):
+            self._unmap(rid, list(self.map_keys[rid]))
 
     # -- replicas ---------------------------------------------------------------------------
     async def load(self, replica: str, deployment: str, model: bytes | None, sha256: str, name: str,
@@ -170,6 +177,7 @@ class EdgebenchWorker(WorkerPlugin):
                                           options, batching)
         except Exception as e:
             return {"status": "error", "error": pack_error(e)}
+        rep.maps = self.maps
         self.replicas[replica] = rep
         return {"status": "OK", "pid": os.getpid(), "mean_ms": rep.mean_ms}
 
@@ -198,14 +206,45 @@ class EdgebenchWorker(WorkerPlugin):
         rep = self.replicas.pop(replica, None)
         if rep is not None:
             await asyncio.to_thread(rep.close)
+        self._unmap(replica, list(self.map_keys.get(replica, ())))
         return {"status": "OK", "existed": rep is not None}
+
+    # -- shared memory ----------------------------------------------------------------------
+    async def shm_attach(self, replica: str, key: str, path: str, size: int, token: bytes,
+                         drop: list[str] | tuple = ()) -> dict[str, Any]:
+        """Map the client's segment ``path`` for ``replica`` (after unmapping ``drop``); an
+        error when it cannot be mapped here or holds another token (the client is elsewhere)."""
+        from .shm import attach
+
+        self._unmap(replica, drop)
+        try:
+            mm = attach(path, size, token)
+        except (OSError, ValueError) as e:
+            return {"status": "error", "error": f"{type(e).__name__}: {e}"}
+        self.maps[key] = mm
+        self.map_keys.setdefault(replica, set()).add(key)
+        return {"status": "OK"}
+
+    def _unmap(self, replica: str, keys: Any) -> None:
+        held = self.map_keys.get(replica, set())
+        for k in keys:
+            held.discard(k)
+            mm = self.maps.pop(k, None)
+            if mm is not None:
+                try:
+                    mm.close()
+                except BufferError:  # a request still reads it: the map goes with that array
+                    pass
+        if not held:
+            self.map_keys.pop(replica, None)
 
     async def status(self) -> dict[str, Any]:
         import psutil
 
         return {"pid": os.getpid(), "rss": psutil.Process().memory_info().rss,
                 "replicas": [r.status() for r in self.replicas.values()], "parts": sorted(self.parts),
-                "models": list(self.blobs), "loads_from_cache": self.cache_hits}
+                "models": list(self.blobs), "loads_from_cache": self.cache_hits,
+                "shm_segments": len(self.maps), "shm_bytes": sum(len(m) for m in self.maps.values())}
 
     # -- graph parts ------------------------------------------------------------------------
     async def load_part(self, part: str, payload: Any) -> dict[str, Any]:

@@ -95,10 +95,11 @@ def _events_html(events: list[dict[str, Any]]) -> str:
 
 
 def _replicas_html(dep: Any) -> str:
-    return _table(["replica", "worker", "healthy", "draining", "outstanding", "answered"], [
+    return _table(["replica", "worker", "healthy", "draining", "tensors by", "outstanding", "answered"], [
         [f"<code>{escape(r.rid)}</code>", f"<code>{escape(r.worker)}</code>",
          "<span class='good'>yes</span>" if r.healthy else "<span class='bad'>no</span>",
-         "yes" if r.draining else "no", str(r.outstanding), f"{r.answered:,}"] for r in list(dep.replicas)], left=2)
+         "yes" if r.draining else "no", r.transport, str(r.outstanding), f"{r.answered:,}"]
+        for r in list(dep.replicas)], left=2)
 
 
 def _cluster_head(cl: Any, n_workers: int) -> str:
