@@ -80,13 +80,13 @@ def test_backpressure_bounds_queues_and_source():
         time.sleep(0.005)
 
     qs = 2
-    sg = StreamGraph(queue_size=qs).source(src).map(lambda x: x).sink(slow_sink)
+    sg = StreamGraph(queue_size=qs, workers=8).source(src).map(lambda x: x).sink(slow_sink)
+    assert sg.workers == qs                           # queue_size caps the events in flight
     sg.run(timeout=20)
     assert seen == list(range(60))
-    assert max(sg.max_queue_depth) <= qs
-    # events can only be in: 2 queues of qs, at most qs in hand in each of the 2 stage threads
-    # (a stage takes what waits in its queue as one group), one in the source
-    assert max(lead) <= 4 * qs + 1
+    assert max(sg.max_queue_depth) <= qs           # the events in flight, at most
+    # each worker carries one event: the source is never more than queue_size ahead of the sink
+    assert max(lead) <= qs
 
 
 def test_queue_depth_now_and_max_in_stats_and_view():
@@ -94,46 +94,66 @@ def test_queue_depth_now_and_max_in_stats_and_view():
     from edgebench.notebook.views_graph import StreamGraphView
 
     gate = threading.Event()
-    qs = 3
-    sg = StreamGraph("held", queue_size=qs).source(range(40)).map(lambda x: x, name="ident")
+    sg = StreamGraph("held", queue_size=8, workers=4).source(range(40)).map(lambda x: x, name="ident")
     sg.sink(lambda v: gate.wait(10))
+    assert sg.workers == 4
     assert sg.queue_depth == [0, 0] and [r["queue"] for r in sg.stats()] == [0, 0]
     v = display.widget(sg)
     assert isinstance(v, StreamGraphView)
     sg.start()
     deadline = time.perf_counter() + 5
-    while sg.queue_depth != [qs, qs] and time.perf_counter() < deadline:
+    while sg.queue_depth != [0, 3] and time.perf_counter() < deadline:
         time.sleep(0.01)
-    assert sg.queue_depth == [qs, qs]                 # the sink holds: both queues fill up
-    assert [(r["queue"], r["max_queue"]) for r in sg.stats()] == [(qs, qs), (qs, qs)]
+    # the sink holds one event; the three other workers wait in front of it with theirs
+    assert sg.queue_depth == [0, 3]
+    assert [(r["queue"], r["max_queue"]) for r in sg.stats()] == [(0, 0), (3, 3)]
     v.update()
-    assert f"<td>{qs} / {qs}</td>" in v._html.value
+    assert "<td>3 / 3</td>" in v._html.value
     gate.set()
     assert sg.join(timeout=10) == list(range(40))
-    assert sg.queue_depth == [0, 0] and sg.max_queue_depth == [qs, qs]
+    most = sg.max_queue_depth[1]
+    assert sg.queue_depth == [0, 0] and 3 <= most <= 4  # never more than the events in flight
     v.update()
-    assert f"<td>0 / {qs}</td>" in v._html.value
+    assert f"<td>0 / {most}</td>" in v._html.value
     v.close()
 
 
-def test_stages_take_waiting_events_as_one_group():
-    from edgebench.graph.channel import Channel
+def test_workers_default_to_the_cores_and_never_exceed_the_stages():
+    from edgebench.graph.stream import usable_cores
 
-    cancel = threading.Event()
-    ch = Channel(4, poll_s=0.01)
-    assert all(ch.put(i, cancel) for i in range(4))
-    assert len(ch) == 4 and ch.max_depth == 4
-    assert ch.take(3, cancel) == [0, 1, 2] and ch.take(8, cancel) == [3] and len(ch) == 0
-    done = []
-    threading.Thread(target=lambda: done.append([ch.put(i, cancel) for i in range(6)])).start()
-    got: list = []
-    while len(got) < 6:
-        got += ch.take(8, cancel)
-    assert got == list(range(6)) and ch.max_depth <= 4
+    sg = StreamGraph(queue_size=64).source(range(3)).map(lambda x: x).map(lambda x: x)
+    assert sg.workers == min(usable_cores(), 2)       # two stages (the sink is added at start)
+    with pytest.raises(StreamError, match="workers"):
+        StreamGraph(workers=0)
+
+
+def test_turns_serve_tickets_in_order_and_skip_without_waiting():
+    from edgebench.graph.turns import Turns
+
+    t, cancel = Turns(poll_s=0.01), threading.Event()
+    order = []
+
+    def worker(ticket):
+        assert t.wait(ticket, cancel)
+        order.append(ticket)
+        t.done(ticket)
+
+    ths = [threading.Thread(target=worker, args=(k,)) for k in (3, 1, 2)]
+    for th in ths:
+        th.start()
+    time.sleep(0.05)
+    assert order == [] and t.waiting == 3             # nobody holds ticket 0 yet
+    t.skip(0)                                         # ticket 0 brings nothing here
+    for th in ths:
+        th.join(5)
+    assert order == [1, 2, 3] and t.turn == 4 and t.max_waiting == 3
+    t.skip(6)                                         # skipped ahead of its turn: remembered
+    t.done(4)
+    assert t.turn == 5
+    t.done(5)
+    assert t.turn == 7                                # 6 was skipped: 7 is up
     cancel.set()
-    assert ch.take(1, cancel) is None                 # empty + cancelled: returns, never hangs
-    assert all(ch.put(i, threading.Event()) for i in range(4))
-    assert ch.put(9, cancel) is False                 # full + cancelled
+    assert t.wait(99, cancel) is False                # not its turn + cancelled: never hangs
 
 
 def test_count_window_and_time_window():

@@ -8,7 +8,7 @@ object                 widget
                        drawn by ``widgets/graph.js``; each step's mean time (measured
                        by the executor) is its heat colour
 ``StreamGraph``        :class:`StreamGraphView`: per stage, events processed and
-                       emitted, restarts, its input queue depth now and the deepest it got,
+                       emitted, restarts, the events waiting for it now and the most that did,
                        throughput; refreshed live while the stream runs
 =====================  ===========================================================
 """
@@ -171,7 +171,7 @@ class StreamGraphView(LiveView):
         return sg is None or (bool(sg._threads) and not sg.running)
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Per stage: ``stats()`` (``queue``: input queue depth now, ``max_queue``: the most it
+        """Per stage: ``stats()`` (``queue``: events waiting for the stage now, ``max_queue``: the most it
         held) plus ``rate`` (events processed per second since the start)."""
         sg = self._sg()
         if sg is None:
@@ -189,7 +189,8 @@ class StreamGraphView(LiveView):
         rows = self.snapshot()
         state = "running" if sg.running else ("failed" if sg._error else ("done" if sg._threads else "idle"))
         head = tiles([("state", state), ("source events", f"{sg.source_count:,}"),
-                      ("outputs", f"{len(sg.results):,}"), ("queue size", str(sg.queue_size)),
+                      ("outputs", f"{len(sg.results):,}"), ("workers", str(sg.workers)),
+                      ("in flight, most", str(sg.queue_size)),
                       ("throughput", fmt_rate(rows[-1]["rate"] if rows else float("nan"), " ev/s"))])
         body = "".join(
             f"<tr><td class='eb-l'>{escape(r['stage'])}</td><td>{r['processed']:,}</td><td>{r['emitted']:,}</td>"
@@ -197,7 +198,7 @@ class StreamGraphView(LiveView):
             f"<td>{fmt_ms(1000 * r['busy_s'] / r['processed'] if r['processed'] else float('nan'))}</td>"
             f"<td>{fmt_rate(r['rate'], ' ev/s')}</td></tr>" for r in rows)
         table = ("<table class='eb-table'><tr><th class='eb-l'>stage</th><th>processed</th><th>emitted</th>"
-                 "<th title='events waiting in the stage input queue now / the most it held'>queue now / max</th><th>restarts</th><th>busy / event</th><th>throughput</th></tr>"
+                 "<th title='events waiting for the stage now / the most that waited'>waiting now / max</th><th>restarts</th><th>busy / event</th><th>throughput</th></tr>"
                  f"{body}</table>")
         self._html.value = card(f"<b>StreamGraph {escape(sg.name)}</b>{head}{table}")
 
