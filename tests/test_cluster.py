@@ -195,6 +195,8 @@ def test_a_worker_refuses_a_segment_that_is_not_the_clients(cl, model):
         assert r["status"] == "error" and "another host" in r["error"]
         r = call(path=seg.path + "-missing", token=seg.token())
         assert r["status"] == "error" and "FileNotFoundError" in r["error"]
+        r = call(path="/etc/hostname", token=seg.token())  # only edgebench segments are mapped
+        assert r["status"] == "error" and "not an edgebench shared-memory segment" in r["error"]
         assert worker_maps(cl)[w] == 0
     finally:
         seg.close()

@@ -146,8 +146,11 @@ def place(seg: Segment, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # -- worker side -------------------------------------------------------------------------------
 def attach(path: str, size: int, token: bytes) -> mmap.mmap:
-    """Map the client's segment; ``ValueError`` when it is not the client's (another host)."""
-    fd = os.open(path, os.O_RDWR)
+    """Map the client's segment; ``ValueError`` when it is not the client's (another host) or
+    names anything but an edgebench segment in :data:`SHM_DIR`."""
+    if os.path.dirname(path) != SHM_DIR or not os.path.basename(path).startswith("edgebench-"):
+        raise ValueError(f"{path!r} is not an edgebench shared-memory segment")
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
     try:
         mm = mmap.mmap(fd, size)
     finally:
