@@ -164,8 +164,8 @@ class Replica:
 
     @property
     def transport(self) -> str:
-        """How large arrays reach the worker: ``"shm"``, ``"tcp"``, or ``"?"`` until tried."""
-        return {True: "shm", False: "tcp", None: "?"}[self.shm]
+        """``"shm"`` once large arrays reach the worker through shared memory, else ``"tcp"``."""
+        return "shm" if self.shm else "tcp"
 
     def close(self) -> None:
         """Unmap the client's shared-memory segments (the replica is gone)."""

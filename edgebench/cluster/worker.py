@@ -50,8 +50,8 @@ def pack_error(e: BaseException) -> list:
 class _Replica:
     """One model replica on this worker."""
 
-    def __init__(self, rid: str, deployment: str, engine: Any, batcher: Any):
-        self.maps: dict[str, Any] = {}  # the worker's shared-memory maps, set by EdgebenchWorker
+    def __init__(self, rid: str, deployment: str, engine: Any, batcher: Any, maps: dict[str, Any]):
+        self.maps = maps  # the worker's shared-memory segments, by key (shared by its replicas)
         self.rid = rid
         self.deployment = deployment
         self.engine = engine
@@ -174,10 +174,9 @@ class EdgebenchWorker(WorkerPlugin):
                                  f"{sha256[:12]}...: refusing to load them")
             self._keep(sha256, model)
             rep = await asyncio.to_thread(_build, replica, deployment, model, name, backend, device, threads,
-                                          options, batching)
+                                          options, batching, self.maps)
         except Exception as e:
             return {"status": "error", "error": pack_error(e)}
-        rep.maps = self.maps
         self.replicas[replica] = rep
         return {"status": "OK", "pid": os.getpid(), "mean_ms": rep.mean_ms}
 
@@ -280,7 +279,7 @@ class EdgebenchWorker(WorkerPlugin):
 
 
 def _build(replica: str, deployment: str, model: bytes, name: str, backend: str | None, device: str,
-           threads: int | None, options: dict | None, batching: dict | None) -> _Replica:
+           threads: int | None, options: dict | None, batching: dict | None, maps: dict[str, Any]) -> _Replica:
     from ..engine import Engine
     from ..model import Model
 
@@ -291,7 +290,7 @@ def _build(replica: str, deployment: str, model: bytes, name: str, backend: str 
         from ..batching import DynamicBatcher
 
         batcher = DynamicBatcher(engine, **batching)
-    rep = _Replica(replica, deployment, engine, batcher)
+    rep = _Replica(replica, deployment, engine, batcher, maps)
     # one warm run measures the model: it decides inline vs threaded execution
     feeds = engine.sample_feeds()
     rep.run_many([feeds])
