@@ -121,8 +121,11 @@ def test_queue_depth_now_and_max_in_stats_and_view():
 def test_workers_default_to_the_cores_and_never_exceed_the_stages():
     from edgebench.graph.stream import usable_cores
 
-    sg = StreamGraph(queue_size=64).source(range(3)).map(lambda x: x).map(lambda x: x)
+    sg = StreamGraph().source(range(3)).map(lambda x: x).map(lambda x: x)
     assert sg.workers == min(usable_cores(), 2)       # two stages (the sink is added at start)
+    assert sg.run(timeout=5) == [0, 1, 2]
+    assert StreamGraph(workers=6).source(range(3)).map(lambda x: x).workers == 6  # not capped by cores
+    assert StreamGraph(workers=6, queue_size=2).workers == 2                       # queue_size caps it
     with pytest.raises(StreamError, match="workers"):
         StreamGraph(workers=0)
 

@@ -14,8 +14,9 @@
   (never more than the stages): with thread-per-stage, three CPU-bound stages on two cores
   measured 1.55-1.58x sequential; carried by two workers, 1.88-1.94x.  Stages that mostly wait (I/O,
   a remote model) can use more: ``StreamGraph(workers=...)``.
-* Backpressure: at most ``min(queue_size, workers)`` events are in flight; the source is read
-  only when a worker is free, so memory stays bounded whatever the source's rate.
+* Backpressure: each worker carries one event, so at most :attr:`StreamGraph.workers` events
+  are in flight (``queue_size`` caps it); the source is read only when a worker is free, so
+  memory stays bounded whatever the source's rate.
 * Event time: every event carries the source's ``seq`` and ``ts``; with ``max_lateness`` a
   reorder buffer restores timestamp order and handles late events by ``late_policy``.
 * Self-healing: a stage that raises is restored from its last checkpoint (``get_state`` /
@@ -79,10 +80,11 @@ class StreamGraph:
         Shown in reprs and the log.
     queue_size
         At most this many events in flight (read from the source, not yet through the sink):
-        the backpressure bound.  The worker threads are ``min(queue_size, workers)``.
+        the backpressure bound.  Default: one per worker.
     workers
         Threads carrying events through the stages; default: the usable cores, at most one
-        per stage.  Raise it for stages that mostly wait (I/O, remote calls).
+        per stage.  Raise it for stages that mostly wait (I/O, remote calls).  A run uses
+        ``min(workers, queue_size)`` (:attr:`workers`).
     checkpoint_every
         Stateful stages are checkpointed every this many input events.
     retry
@@ -94,10 +96,10 @@ class StreamGraph:
         ``Event.late = True``) for events later than ``max_lateness``.
     """
 
-    def __init__(self, name: str = "stream", queue_size: int = 4, checkpoint_every: int = 16,
+    def __init__(self, name: str = "stream", queue_size: int | None = None, checkpoint_every: int = 16,
                  retry: RetryPolicy | None = None, max_lateness: float | None = None,
                  late_policy: str = "drop", workers: int | None = None):
-        if queue_size < 1 or checkpoint_every < 1 or (workers is not None and workers < 1):
+        if (queue_size is not None and queue_size < 1) or checkpoint_every < 1 or (workers is not None and workers < 1):
             raise StreamError(f"queue_size, checkpoint_every and workers must be >= 1, got "
                               f"{queue_size!r}, {checkpoint_every!r}, {workers!r}")
         self.name, self.queue_size, self.checkpoint_every = name, queue_size, checkpoint_every
@@ -221,14 +223,13 @@ class StreamGraph:
             self.sink()
         for s in self.stages:
             s.open(self)
-        self._note(self.name, "start", f"{len(self.stages)} stages, queue_size={self.queue_size}, "
-                                       f"workers={self.workers}")
+        self._note(self.name, "start", f"{len(self.stages)} stages, workers={self.workers}")
 
     @property
     def workers(self) -> int:
         """Worker threads a run uses (see the class docstring)."""
         n = self._workers if self._workers is not None else min(usable_cores(), max(1, len(self.stages)))
-        return max(1, min(n, self.queue_size))
+        return max(1, n if self.queue_size is None else min(n, self.queue_size))
 
     def start(self) -> StreamGraph:
         """Start the worker threads; returns at once."""

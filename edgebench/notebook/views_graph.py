@@ -190,7 +190,6 @@ class StreamGraphView(LiveView):
         state = "running" if sg.running else ("failed" if sg._error else ("done" if sg._threads else "idle"))
         head = tiles([("state", state), ("source events", f"{sg.source_count:,}"),
                       ("outputs", f"{len(sg.results):,}"), ("workers", str(sg.workers)),
-                      ("in flight, most", str(sg.queue_size)),
                       ("throughput", fmt_rate(rows[-1]["rate"] if rows else float("nan"), " ev/s"))])
         body = "".join(
             f"<tr><td class='eb-l'>{escape(r['stage'])}</td><td>{r['processed']:,}</td><td>{r['emitted']:,}</td>"
