@@ -121,6 +121,8 @@ class Cluster:
                 register_dask_pages()
             except ImportError:  # bokeh is absent: the Dask dashboard itself needs it anyway
                 pass
+        if not dashboard:  # Dask still serves /health etc.: on a free port, not a fixed 8787
+            kwargs["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0", **kwargs.get("scheduler_kwargs", {})}
         lc = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
                           host="127.0.0.1", memory_limit=memory_limit, resources=dict(resources or {}) or None,
                           dashboard_address="127.0.0.1:0" if dashboard else None, security=security,
