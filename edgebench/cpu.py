@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["CPUInfo", "cpu_info"]
+__all__ = ["CPUInfo", "cpu_info", "usable_cores"]
 
 _ISA = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
@@ -117,3 +117,12 @@ def _memory_bytes() -> int | None:
             return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
             return None
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its affinity mask where the OS has one (a container or
+    ``taskset`` limit), else the logical cores."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)

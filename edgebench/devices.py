@@ -30,7 +30,7 @@ from typing import Any
 
 from ._callable import make_callable
 from ._table import Table
-from .cpu import CPUInfo, cpu_info
+from .cpu import CPUInfo, cpu_info, usable_cores
 from .errors import ConfigError, DeviceUnavailableError
 
 __all__ = ["Device", "CPUInfo", "cpu_info", "devices", "resolve", "fingerprint"]
@@ -83,10 +83,7 @@ class Device:
 # --------------------------------------------------------------------------------------------
 def _cpu_row(ort: dict, tch: dict) -> Device:
     c = cpu_info()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = c.logical_cores
+    usable = usable_cores()
     details = {
         "vendor": c.vendor, "arch": c.arch, "physical_cores": c.physical_cores,
         "logical_cores": c.logical_cores, "usable_cores": usable, "isa": list(c.isa),

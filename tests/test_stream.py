@@ -119,7 +119,7 @@ def test_queue_depth_now_and_max_in_stats_and_view():
 
 
 def test_workers_default_to_the_cores_and_never_exceed_the_stages():
-    from edgebench.graph.stream import usable_cores
+    from edgebench.cpu import usable_cores
 
     sg = StreamGraph().source(range(3)).map(lambda x: x).map(lambda x: x)
     assert sg.workers == min(usable_cores(), 2)       # two stages (the sink is added at start)

@@ -159,14 +159,3 @@ def attach(path: str, size: int, token: bytes) -> mmap.mmap:
         mm.close()
         raise ValueError("the segment holds another token: the client is on another host")
     return mm
-
-
-def view(maps: dict[str, mmap.mmap], ref: list) -> np.ndarray:
-    """The read-only array ``["shm", key, offset, dtype, shape]`` names."""
-    _, key, off, dtype, shape = ref
-    mm = maps.get(key)
-    if mm is None:
-        raise KeyError(f"shared-memory segment {key!r} is not mapped on this worker")
-    a = np.ndarray(shape, np.dtype(dtype), buffer=mm, offset=off)
-    a.flags.writeable = False
-    return a

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from distributed.protocol import to_serialize
 
-__all__ = ["FRAME_BYTES", "pack", "unpack"]
+__all__ = ["FRAME_BYTES", "pack", "shm_view", "unpack"]
 
 #: arrays at least this large travel as their own frames (zero copy)
 FRAME_BYTES = 64 << 10
@@ -39,9 +39,19 @@ def unpack(msg: dict[str, Any], writable: bool = False, maps: dict | None = None
             a = np.frombuffer(v[2], dtype=np.dtype(v[0])).reshape(v[1])
             out[k] = a.copy() if writable else a
         elif maps is not None and isinstance(v, (list, tuple)) and len(v) == 5 and v[0] == "shm":
-            from .shm import view
-
-            out[k] = view(maps, v)
+            out[k] = shm_view(maps, v)
         else:
             out[k] = v
     return out
+
+
+def shm_view(maps: dict[str, Any], ref: list) -> np.ndarray:
+    """The read-only array ``["shm", key, offset, dtype, shape]`` names in a worker's mapped
+    shared-memory segments (see :mod:`.shm`)."""
+    _, key, off, dtype, shape = ref
+    mm = maps.get(key)
+    if mm is None:
+        raise KeyError(f"shared-memory segment {key!r} is not mapped on this worker")
+    a = np.ndarray(shape, np.dtype(dtype), buffer=mm, offset=off)
+    a.flags.writeable = False
+    return a

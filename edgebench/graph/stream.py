@@ -27,12 +27,12 @@
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from edgebench.cpu import usable_cores
 from edgebench.graph.stream_nodes import (
     Event,
     FrameSource,
@@ -61,14 +61,6 @@ __all__ = [
 ]
 
 _POLL_S = 0.05       # every blocking wait wakes this often to look at the cancel flag
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 class StreamGraph:
